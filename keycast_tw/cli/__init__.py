@@ -1,0 +1,1 @@
+"""keycast_tw.cli."""

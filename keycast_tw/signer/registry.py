@@ -1,0 +1,94 @@
+"""The in-memory index of live authorizations, by bunker pubkey, that the engine routes on.
+
+The store fills it at start and keeps it current on reload; the relay pool listens to it to keep
+its subscriptions matching the set of bunker pubkeys. Only touched on the reactor thread.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Callable, Iterable, Iterator
+
+from keycast_tw.signer.model import Authorization
+
+PubkeySetListener = Callable[[frozenset[str], frozenset[str]], None]
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._by_pubkey: dict[str, Authorization] = {}
+        self._by_id: dict[int, Authorization] = {}
+        self._listeners: list[PubkeySetListener] = []
+
+    def get(self, bunker_pubkey: str) -> Authorization | None:
+        """The authorization served under ``bunker_pubkey``, if we manage it."""
+        return self._by_pubkey.get(bunker_pubkey)
+
+    def by_id(self, authorization_id: int) -> Authorization | None:
+        return self._by_id.get(authorization_id)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __iter__(self) -> Iterator[Authorization]:
+        return iter(list(self._by_id.values()))
+
+    def bunker_pubkeys(self) -> frozenset[str]:
+        return frozenset(self._by_pubkey)
+
+    def counts(self) -> dict[str, int]:
+        """Number of authorizations by kind (regular, oauth)."""
+        return dict(Counter(auth.kind for auth in self._by_id.values()))
+
+    def add_listener(self, listener: PubkeySetListener) -> None:
+        """Call ``listener(added, removed)`` whenever the set of bunker pubkeys changes."""
+        self._listeners.append(listener)
+
+    def put(self, auth: Authorization) -> None:
+        """Add ``auth`` or replace the authorization with the same id."""
+        self.update([auth], [])
+
+    def remove(self, authorization_id: int) -> Authorization | None:
+        """Stop serving an authorization (revoked, expired, deleted); returns what was removed."""
+        auth = self._by_id.get(authorization_id)
+        self.update([], [authorization_id])
+        return auth
+
+    def update(self, upserts: Iterable[Authorization], removals: Iterable[int]) -> None:
+        """Apply a batch of changes and notify listeners once, so a reload burst is one event.
+
+        Costs O(changes), not O(registry): reload runs every half second on a million entries.
+        """
+        dropped: set[str] = set()
+        for authorization_id in removals:
+            dropped.update(self._drop(authorization_id))
+        added: set[str] = set()
+        for auth in upserts:
+            dropped.update(self._drop(auth.id))
+            self._by_id[auth.id] = auth
+            self._by_pubkey[auth.bunker_pubkey] = auth
+            added.add(auth.bunker_pubkey)
+        self._notify(frozenset(added - dropped), frozenset(dropped - added))
+
+    def replace_all(self, auths: Iterable[Authorization]) -> None:
+        """Swap the whole content (start-up load, periodic full reconcile)."""
+        before = self._by_pubkey.keys()
+        by_id = {auth.id: auth for auth in auths}
+        by_pubkey = {auth.bunker_pubkey: auth for auth in by_id.values()}
+        added = frozenset(by_pubkey.keys() - before) if self._listeners else frozenset()
+        removed = frozenset(before - by_pubkey.keys()) if self._listeners else frozenset()
+        self._by_id = by_id
+        self._by_pubkey = by_pubkey
+        self._notify(added, removed)
+
+    def _drop(self, authorization_id: int) -> tuple[str, ...]:
+        old = self._by_id.pop(authorization_id, None)
+        if old is not None and self._by_pubkey.get(old.bunker_pubkey) is old:
+            del self._by_pubkey[old.bunker_pubkey]
+            return (old.bunker_pubkey,)
+        return ()
+
+    def _notify(self, added: frozenset[str], removed: frozenset[str]) -> None:
+        if added or removed:
+            for listener in self._listeners:
+                listener(added, removed)

@@ -1,0 +1,1 @@
+"""Tests for keycast-tw (run with trial)."""

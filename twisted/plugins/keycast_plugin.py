@@ -1,0 +1,7 @@
+"""twistd plugin: ``twistd -n keycast`` runs the signer daemon (see keycast_tw.tap)."""
+
+from twisted.application.service import ServiceMaker
+
+keycast = ServiceMaker(
+    "keycast", "keycast_tw.tap", "NIP-46 remote signer (bunker) for Nostr", "keycast"
+)
