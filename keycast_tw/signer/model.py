@@ -7,8 +7,9 @@ on reload). They are deliberately small: a daemon may hold a million of them.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Protocol
 
 from keycast_tw.nostr.keys import SecretKey
 
@@ -20,8 +21,8 @@ class KeySource(Protocol):
     """A secret key the engine may use, decrypted lazily on first use and then cached.
 
     The store's implementation keeps the encrypted blob and decrypts it on the first request, so
-    loading a million authorizations costs no key derivation. ``secret_key`` may be called from a
-    crypto thread: implementations must be idempotent (a racing double decrypt is harmless).
+    loading a million authorizations costs no key derivation. ``secret_key`` may be called from
+    a crypto thread: implementations must be idempotent (a racing double decrypt is harmless).
     """
 
     @property
@@ -33,7 +34,7 @@ class KeySource(Protocol):
 
 
 class KeyUnavailable(Exception):
-    """A stored key could not be decrypted (wrong master key, corrupt row). No key material inside."""
+    """A stored key cannot be decrypted (wrong master key, corrupt row); carries no key material."""
 
 
 class PlainKey:

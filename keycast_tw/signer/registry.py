@@ -7,7 +7,7 @@ its subscriptions matching the set of bunker pubkeys. Only touched on the reacto
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from keycast_tw.signer.model import Authorization
 
