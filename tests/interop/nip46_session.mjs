@@ -1,0 +1,71 @@
+// Shared by bunker_client.mjs and bench/roundtrip.mjs: opens a nostr-tools
+// BunkerSigner on Node and bounds every request in time.
+//
+// It lives in tests/interop so that `nostr-tools` and `ws` resolve from
+// tests/interop/node_modules even when the importing script is elsewhere (bench/).
+
+import WebSocket from 'ws'
+import { useWebSocketImplementation, SimplePool } from 'nostr-tools/pool'
+import { BunkerSigner, parseBunkerInput } from 'nostr-tools/nip46'
+import { generateSecretKey, getPublicKey } from 'nostr-tools/pure'
+import { hexToBytes, bytesToHex } from 'nostr-tools/utils'
+
+// Node 20 has no global WebSocket; SimplePool reads this implementation.
+useWebSocketImplementation(WebSocket)
+
+export class StepTimeout extends Error {
+  constructor (ms) {
+    super(`timeout after ${ms} ms`)
+    this.name = 'StepTimeout'
+  }
+}
+
+// nostr-tools requests never time out on their own: race them against a timer.
+export function withTimeout (promise, ms) {
+  let timer
+  const expiry = new Promise((resolve, reject) => {
+    timer = setTimeout(() => reject(new StepTimeout(ms)), ms)
+  })
+  return Promise.race([promise, expiry]).finally(() => clearTimeout(timer))
+}
+
+// Where a failure came from: the bunker's error reply (nostr-tools rejects with
+// the bare `error` string), our own timer, or the client library itself.
+export function describeError (err) {
+  if (err instanceof StepTimeout) {
+    return { error: err.message, source: 'timeout' }
+  }
+  if (typeof err === 'string') {
+    return { error: err, source: 'bunker' }
+  }
+  if (err instanceof AggregateError) {
+    return { error: err.errors.map(e => String(e?.message ?? e)).join('; '), source: 'client' }
+  }
+  return { error: String(err?.message ?? err), source: 'client' }
+}
+
+// Parse a bunker:// URI and open a signer with its own relay pool.  The pool
+// must be passed explicitly: nip46.js bundles a pool of its own that ignores
+// useWebSocketImplementation.
+export async function openSigner (uri, { clientSecretHex } = {}) {
+  const pointer = await parseBunkerInput(uri)
+  if (pointer === null) {
+    throw new Error('not a bunker:// URI')
+  }
+  const secretKey = clientSecretHex ? hexToBytes(clientSecretHex) : generateSecretKey()
+  const pool = new SimplePool()
+  const signer = BunkerSigner.fromBunker(secretKey, pointer, { pool, onauth: () => {} })
+  return {
+    signer,
+    pool,
+    pointer,
+    secretKey,
+    clientPubkey: getPublicKey(secretKey),
+    async close () {
+      await signer.close()
+      pool.destroy()
+    }
+  }
+}
+
+export { bytesToHex, hexToBytes }
