@@ -1,0 +1,248 @@
+"""The relay pool: one reconnecting WebSocket client per relay, behind one small API.
+
+``RelayPool`` is the ``relays`` service of the daemon. Each relay is a named ``ClientService``
+(endpoint from the URL, :class:`RelayClientFactory`, the WebSocket-aware retry policy of its
+:class:`Relay`) and the pool adds what spans relays: the bunker set to subscribe for (debounced),
+de-duplication of events that arrive on several relays, publication tracking and observers.
+"""
+
+from __future__ import annotations
+
+import random as _random
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.application.internet import ClientService
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.logger import Logger
+
+from keycast_tw.relay.endpoint import endpoint_for_url as _endpoint_for_url
+from keycast_tw.relay.factory import RelayClientFactory
+from keycast_tw.relay.messages import EVENT_ID
+from keycast_tw.relay.options import RelayOptions
+from keycast_tw.relay.relay import AuthSigner, Relay
+from keycast_tw.relay.subscription import FIREHOSE_ID, plan_filters
+
+EndpointForURL = Callable[[Any, str], IStreamClientEndpoint]
+OnEvent = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class _Publication:
+    """One ``publish()`` waiting for every relay's verdict (or ``ok_timeout``)."""
+
+    remaining: set[str]
+    timer: IDelayedCall | None = None
+    accepted: int = 0
+    relays: list[str] = field(default_factory=list)
+
+
+class RelayPool(MultiService):
+    log = Logger()
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        reactor: IReactorTime,
+        on_event: OnEvent,
+        auth_signer: AuthSigner,
+        endpoint_for_url: EndpointForURL = _endpoint_for_url,
+        random: Callable[[], float] = _random.random,
+        options: RelayOptions | None = None,
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.setName("relays")  # type: ignore[no-untyped-call]
+        self._clock = reactor
+        self._on_event = on_event
+        self._options = options if options is not None else RelayOptions()
+        self._relays: dict[str, Relay] = {}
+        for url in dict.fromkeys(urls):
+            relay = Relay(
+                url,
+                clock=reactor,
+                options=self._options,
+                auth_signer=auth_signer,
+                hub=self,
+                jitter=random,
+            )
+            factory = RelayClientFactory(url, owner=relay, clock=reactor, options=self._options)
+            client = ClientService(
+                endpoint_for_url(reactor, url),
+                factory,
+                retryPolicy=relay.retry_policy,
+                clock=reactor,
+            )
+            client.setName(f"relay:{url}")  # type: ignore[no-untyped-call]
+            client.setServiceParent(self)  # type: ignore[no-untyped-call]
+            self._relays[url] = relay
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._observers: list[object] = []
+        self._pubkeys: frozenset[str] | None = None
+        self._pending_pubkeys: frozenset[str] | None = None
+        self._debounce: IDelayedCall | None = None
+        self._publications: dict[str, _Publication] = {}
+        self._announced_connected = 0
+
+    # -- service ----------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        for relay in self._relays.values():
+            relay.start()
+        super().startService()  # type: ignore[no-untyped-call]
+
+    def stopService(self) -> Deferred[None]:
+        if self._debounce is not None and self._debounce.active():
+            self._debounce.cancel()
+        self._debounce = None
+        for relay in self._relays.values():
+            relay.stop()
+        for publication in self._publications.values():
+            if publication.timer is not None and publication.timer.active():
+                publication.timer.cancel()
+        self._publications.clear()
+        stopped: Deferred[None] = super().stopService()  # type: ignore[no-untyped-call]
+        return stopped
+
+    # -- public API -------------------------------------------------------------------------
+
+    def add_observer(self, observer: object) -> None:
+        """Register an object with any of ``relay_connected(url)``, ``relay_disconnected(url)``,
+        ``relay_subscribed(url)``, ``relay_reconnect(url)``, ``relay_message(url, kind)``,
+        ``response_published(event_id, accepted_by)``."""
+        self._observers.append(observer)
+
+    def set_bunker_pubkeys(self, pubkeys: frozenset[str]) -> None:
+        """Subscribe for requests to exactly these bunkers.
+
+        The first call applies at once (start-up should not wait); later calls are coalesced
+        for ``resubscribe_debounce`` seconds so that a burst of reloads costs one REQ round.
+        The window starts with the first change and is not extended, so a steady trickle of
+        changes cannot postpone the resubscription forever.
+        """
+        if self._pubkeys is None:
+            self._apply(pubkeys)
+            return
+        self._pending_pubkeys = pubkeys
+        if self._debounce is None:
+            self._debounce = self._clock.callLater(
+                self._options.resubscribe_debounce, self._apply_pending
+            )
+
+    def publish(self, event: dict[str, Any]) -> None:
+        """Send ``event`` to every relay; relays that are down get it on their next connection."""
+        event_id = event.get("id") if isinstance(event, dict) else None
+        if not isinstance(event_id, str) or not EVENT_ID.fullmatch(event_id):
+            self.log.error("Refusing to publish an event without a valid id")
+            return
+        if event_id not in self._publications:
+            publication = _Publication(remaining=set(self._relays))
+            publication.timer = self._clock.callLater(
+                self._options.ok_timeout, self._finish_publication, event_id
+            )
+            self._publications[event_id] = publication
+        for relay in self._relays.values():
+            relay.publish(event)
+
+    def status(self) -> list[dict[str, Any]]:
+        return [relay.status() for relay in self._relays.values()]
+
+    def connected_count(self) -> int:
+        return sum(1 for relay in self._relays.values() if relay.connected)
+
+    def subscribed_count(self) -> int:
+        return sum(1 for relay in self._relays.values() if relay.subscribed)
+
+    def message_counts(self) -> dict[str, dict[str, int]]:
+        """Per relay, every counter (malformed, binary, oversize, flood_dropped, ...)."""
+        return {url: dict(relay.counters) for url, relay in self._relays.items()}
+
+    # -- RelayHub ---------------------------------------------------------------------------
+
+    def relay_event(self, relay: Relay, event: dict[str, Any]) -> None:
+        event_id = event["id"]
+        if event_id in self._seen:
+            relay.counters["duplicate"] += 1
+            return
+        self._seen[event_id] = None
+        if len(self._seen) > self._options.dedup_size:
+            self._seen.popitem(last=False)
+        with self.log.failuresHandled(
+            "Event handler failed for an event from {relay_url}", relay_url=relay.url
+        ):
+            self._on_event(relay.url, event)
+
+    def relay_publish_result(self, url: str, event_id: str, accepted: bool | None) -> None:
+        publication = self._publications.get(event_id)
+        if publication is None or url not in publication.remaining:
+            return
+        publication.remaining.discard(url)
+        if accepted:
+            publication.accepted += 1
+        if not publication.remaining:
+            self._finish_publication(event_id)
+
+    def relay_notify(self, hook: str, *args: object) -> None:
+        if hook == "relay_connected":
+            self._announce_connected()
+        for observer in self._observers:
+            method = getattr(observer, hook, None)
+            if method is None:
+                continue
+            with self.log.failuresHandled("Relay observer {hook} failed", hook=hook):
+                method(*args)
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _apply_pending(self) -> None:
+        self._debounce = None
+        if self._pending_pubkeys is not None:
+            pubkeys, self._pending_pubkeys = self._pending_pubkeys, None
+            self._apply(pubkeys)
+
+    def _apply(self, pubkeys: frozenset[str]) -> None:
+        changed = pubkeys != self._pubkeys
+        self._pubkeys = pubkeys
+        if not changed:
+            return
+        plan = plan_filters(
+            pubkeys,
+            chunk_size=self._options.p_chunk_size,
+            firehose_threshold=self._options.effective_firehose_threshold,
+        )
+        if FIREHOSE_ID in plan:
+            self.log.info(
+                "Subscribing to ALL kind 24133 events on {relays} relays"
+                " ({count} bunker pubkeys, above the filter threshold of {threshold})",
+                relays=len(self._relays),
+                count=len(pubkeys),
+                threshold=self._options.effective_firehose_threshold,
+            )
+        else:
+            self.log.info(
+                "Subscribing to kind 24133 events for {count} bunker pubkeys"
+                " in {filters} filters on {relays} relays",
+                count=len(pubkeys),
+                filters=len(plan),
+                relays=len(self._relays),
+            )
+        for relay in self._relays.values():
+            relay.set_wanted(plan)
+
+    def _finish_publication(self, event_id: str) -> None:
+        publication = self._publications.pop(event_id, None)
+        if publication is None:
+            return
+        if publication.timer is not None and publication.timer.active():
+            publication.timer.cancel()
+        self.relay_notify("response_published", event_id, publication.accepted)
+
+    def _announce_connected(self) -> None:
+        connected = self.connected_count()
+        if connected > self._announced_connected:
+            self.log.info("Connected to {count} relays for redundancy", count=connected)
+        self._announced_connected = connected

@@ -1,0 +1,67 @@
+"""The Autobahn protocol for one relay connection: frames in, frames out, nothing else.
+
+All decisions live in the owner (:class:`keycast_tw.relay.relay.Relay`); this class only turns
+Autobahn callbacks into owner calls and makes sending safe on a closing connection. Owner calls
+are fenced so that a bug there is logged, never raised into Autobahn (which would drop the
+connection and hide the cause).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from autobahn.exception import Disconnected
+from autobahn.twisted.websocket import WebSocketClientProtocol
+from twisted.logger import Logger
+
+
+class RelayConnectionOwner(Protocol):
+    """What a :class:`RelayClientProtocol` reports to."""
+
+    def ws_open(self, connection: RelayClientProtocol) -> None: ...
+
+    def ws_message(self, connection: RelayClientProtocol, payload: bytes, binary: bool) -> None: ...
+
+    def ws_alive(self, connection: RelayClientProtocol) -> None: ...
+
+    def ws_closed(
+        self, connection: RelayClientProtocol, opened: bool, code: int | None, reason: str | None
+    ) -> None: ...
+
+
+class RelayClientProtocol(WebSocketClientProtocol):
+    log = Logger()
+    owner: RelayConnectionOwner
+    opened = False
+
+    def onOpen(self) -> None:
+        self.opened = True
+        with self.log.failuresHandled("Relay owner failed on open"):
+            self.owner.ws_open(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        with self.log.failuresHandled("Relay owner failed on a message"):
+            self.owner.ws_message(self, payload, isBinary)
+
+    def onAutoPong(self, *args: Any) -> None:
+        with self.log.failuresHandled("Relay owner failed on a pong"):
+            self.owner.ws_alive(self)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        with self.log.failuresHandled("Relay owner failed on close"):
+            self.owner.ws_closed(self, self.opened, code, reason)
+
+    def send_text(self, payload: bytes) -> bool:
+        """Send one text frame; False (never an exception) if the connection is not open."""
+        if self.state != self.STATE_OPEN:
+            return False
+        try:
+            self.sendMessage(payload, isBinary=False)  # type: ignore[no-untyped-call]
+        except Disconnected:
+            return False
+        return True
+
+    def close_with(self, code: int, reason: str) -> None:
+        """Start a WebSocket close (used when we give up on a misbehaving connection)."""
+        if self.state == self.STATE_OPEN:
+            self.sendClose(code=code, reason=reason)

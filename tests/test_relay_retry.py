@@ -1,0 +1,122 @@
+"""Reconnect schedule of one relay: WS-aware backoff, the two probed Autobahn traps, timeouts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from keycast_tw.relay.options import RelayOptions
+from keycast_tw.relay.pool import RelayPool
+from keycast_tw.relay.retry import WebSocketRetryPolicy
+from tests.relay_fakes import (
+    DropBeforeHandshake,
+    FakeEndpoint,
+    RefuseHandshake,
+    Silent,
+    factory_of,
+    relay_server_factory,
+)
+
+URL = "ws://relay.test"
+
+
+class PolicyTests(SynchronousTestCase):
+    def test_exponential_capped(self) -> None:
+        """Delays grow by `factor` from `initial_delay`, are capped, and carry the jitter."""
+        seen: list[tuple[int, float]] = []
+        policy = WebSocketRetryPolicy(
+            initial_delay=1, max_delay=5, factor=2, jitter=lambda: 0.25,
+            on_retry=lambda n, d: seen.append((n, d)),
+        )
+        delays = [policy(1) for _ in range(5)]
+        self.assertEqual(delays, [1.25, 2.25, 4.25, 5.25, 5.25])
+        self.assertEqual([n for n, _ in seen], [1, 2, 3, 4, 5])
+
+    def test_ignores_client_service_reset(self) -> None:
+        """ClientService's attempt (reset on TCP connect) does not shorten the backoff."""
+        policy = WebSocketRetryPolicy(initial_delay=1, max_delay=60, factor=2, jitter=lambda: 0)
+        self.assertEqual([policy(1), policy(1), policy(1)], [1, 2, 4])
+
+    def test_reset_on_handshake(self) -> None:
+        """Only a successful WebSocket handshake starts the schedule over."""
+        policy = WebSocketRetryPolicy(initial_delay=1, max_delay=60, factor=2, jitter=lambda: 0)
+        policy(1)
+        policy(2)
+        policy.handshake_succeeded()
+        self.assertEqual(policy(1), 1)
+
+
+class ScheduleTests(SynchronousTestCase):
+    """ClientServiceTests-style: a fake endpoint and a clock, asserting when we dial."""
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.endpoint = FakeEndpoint(self.clock)
+        self.options = RelayOptions(
+            initial_delay=1, factor=2, max_delay=30, handshake_timeout=5,
+            auto_ping_interval=0, auto_ping_timeout=0,
+        )
+        self.pool = RelayPool(
+            [URL],
+            reactor=self.clock,
+            on_event=lambda url, event: None,
+            auth_signer=lambda template: template,
+            endpoint_for_url=self._endpoint_for,
+            random=lambda: 0.0,
+            options=self.options,
+        )
+        self.pool.startService()
+        self.addCleanup(self.pool.stopService)
+
+    def _endpoint_for(self, reactor: Any, url: str) -> FakeEndpoint:
+        return self.endpoint
+
+    def _fail_each(self, how: Any, count: int) -> None:
+        for _ in range(count):
+            how(self.endpoint.attempts[-1])
+            self.clock.advance(self.clock.getDelayedCalls()[0].getTime() - self.clock.seconds())
+
+    def test_connection_refused_backs_off(self) -> None:
+        """TCP failures back off exponentially up to the cap."""
+        self._fail_each(lambda a: a.refuse(), 7)
+        self.assertEqual(self.endpoint.times, [0, 1, 3, 7, 15, 31, 61, 91])
+
+    def test_drop_before_handshake_does_not_wedge(self) -> None:
+        """Trap 1: a relay that hangs up before `101` is retried (ClientService not wedged)."""
+        self._fail_each(lambda a: a.accept(factory_of(DropBeforeHandshake)), 3)
+        self.assertEqual(self.endpoint.times, [0, 1, 3, 7])
+        self.assertEqual(self.pool.connected_count(), 0)
+        self.assertEqual(self.pool.message_counts()[URL]["handshake_failed"], 3)
+
+    def test_refused_handshake_backs_off(self) -> None:
+        """Trap 2: TCP accepted but the upgrade answered 503 -> backoff, not a redial every 1.5 s."""
+        self._fail_each(lambda a: a.accept(factory_of(RefuseHandshake)), 6)
+        self.assertEqual(self.endpoint.times, [0, 1, 3, 7, 15, 31, 61])
+        self.assertEqual(self.pool.status()[0]["reconnects"], 6)
+
+    def test_handshake_timeout(self) -> None:
+        """A relay that accepts TCP and never answers is dropped after handshake_timeout."""
+        attempt = self.endpoint.attempts[0]
+        attempt.accept(factory_of(Silent))
+        self.clock.advance(4.9)
+        self.assertEqual(len(self.endpoint.attempts), 1)
+        self.clock.advance(0.1)
+        assert attempt.pump is not None
+        attempt.pump.flush()
+        self.clock.advance(1)
+        self.assertEqual(self.endpoint.times, [0, 6])
+
+    def test_reset_only_after_websocket_handshake(self) -> None:
+        """After failures, an open WebSocket resets the delay; a later drop retries at 1 s."""
+        self._fail_each(lambda a: a.refuse(), 3)
+        self.assertEqual(self.endpoint.times, [0, 1, 3, 7])
+        attempt = self.endpoint.attempts[-1]
+        pump = attempt.accept(relay_server_factory(self.clock))
+        self.assertEqual(self.pool.connected_count(), 1)
+        attempt.server.transport.loseConnection()
+        pump.flush()
+        self.assertEqual(self.pool.connected_count(), 0)
+        self.clock.advance(1)
+        self.assertEqual(self.endpoint.times, [0, 1, 3, 7, 8])
