@@ -91,7 +91,7 @@ class ScheduleTests(SynchronousTestCase):
         self.assertEqual(self.pool.message_counts()[URL]["handshake_failed"], 3)
 
     def test_refused_handshake_backs_off(self) -> None:
-        """Trap 2: TCP accepted but the upgrade answered 503 -> backoff, not a redial every 1.5 s."""
+        """Trap 2: TCP accepted, upgrade answered 503 -> backoff, not a redial every 1.5 s."""
         self._fail_each(lambda a: a.accept(factory_of(RefuseHandshake)), 6)
         self.assertEqual(self.endpoint.times, [0, 1, 3, 7, 15, 31, 61])
         self.assertEqual(self.pool.status()[0]["reconnects"], 6)

@@ -24,6 +24,8 @@ class RelayConnectionOwner(Protocol):
 
     def ws_alive(self, connection: RelayClientProtocol) -> None: ...
 
+    def ws_oversize(self, connection: RelayClientProtocol, size: int) -> None: ...
+
     def ws_closed(
         self, connection: RelayClientProtocol, opened: bool, code: int | None, reason: str | None
     ) -> None: ...
@@ -46,6 +48,13 @@ class RelayClientProtocol(WebSocketClientProtocol):
     def onAutoPong(self, *args: Any) -> None:
         with self.log.failuresHandled("Relay owner failed on a pong"):
             self.owner.ws_alive(self)
+
+    def _max_message_size_exceeded(self, msg_size: int, max_msg_size: int, reason: str) -> None:
+        # Autobahn's documented hook for maxMessagePayloadSize; it then drops the connection
+        # (close code 1006 locally), so this is the only place that knows why.
+        with self.log.failuresHandled("Relay owner failed on an oversize message"):
+            self.owner.ws_oversize(self, msg_size)
+        super()._max_message_size_exceeded(msg_size, max_msg_size, reason)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         with self.log.failuresHandled("Relay owner failed on close"):

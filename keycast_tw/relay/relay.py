@@ -24,7 +24,6 @@ from keycast_tw.relay.retry import WebSocketRetryPolicy
 from keycast_tw.relay.subscription import Filter, resume_since, with_since
 
 KIND_AUTH = 22242
-CLOSE_MESSAGE_TOO_BIG = 1009
 _MAX_LOGGED_TEXT = 200
 _MAX_CHALLENGE = 1024
 
@@ -187,6 +186,17 @@ class Relay:
         if connection is self._connection:
             self._last_heard_at = self._clock.seconds()
 
+    def ws_oversize(self, connection: RelayClientProtocol, size: int) -> None:
+        self.counters["oversize"] += 1
+        self._notify_message("oversize")
+        self._warn_limited(
+            "oversize",
+            "Relay {relay_url} sent a {size}-byte message, over the {limit}-byte limit;"
+            " dropping the connection",
+            size=size,
+            limit=self._options.max_message_size,
+        )
+
     def ws_closed(
         self, connection: RelayClientProtocol, opened: bool, code: int | None, reason: str | None
     ) -> None:
@@ -201,14 +211,6 @@ class Relay:
                 )
             return
         self._resume_at = self._last_heard_at
-        if code == CLOSE_MESSAGE_TOO_BIG:
-            self.counters["oversize"] += 1
-            self._notify_message("oversize")
-            self._warn_limited(
-                "oversize",
-                "Relay {relay_url} sent a message over {limit} bytes; connection dropped",
-                limit=self._options.max_message_size,
-            )
         self.log.info(
             "Relay {relay_url} disconnected (code {code}: {reason})",
             relay_url=self.url,
