@@ -1,0 +1,560 @@
+"""The NIP-46 engine: one incoming kind-24133 event in, the response event to publish out.
+
+Transport-free: the relay layer hands every event here and publishes ``Outcome.response``. The
+pipeline runs the cheapest filters first, so traffic for bunkers we do not manage (most of what a
+public relay sends) costs a few dictionary lookups and no crypto:
+
+1. kind 24133, a ``p`` tag naming a bunker we manage, an author that is not one of our bunkers
+   (a reply loop between two of our own bunkers is impossible), content within the size limit,
+   created_at within the window;
+2. crypto call 1 (pure): verify id and signature, derive or reuse the conversation key, decrypt
+   (NIP-04 when the content has ``?iv=``, else NIP-44) and parse the request;
+3. claim the event id in the store: each request is executed at most once, across relays and
+   restarts (a bad signature is never claimed, so a forged copy cannot block the real one);
+4. on the reactor thread: rate limit, liveness (revoked, expired), session, method dispatch;
+   sessions, caches and rate limits are only ever touched here;
+5. crypto call 2 (pure): execute the method with the user key, encrypt the reply in the request's
+   scheme, sign it with the bunker key.
+
+Every request that decrypts and carries a readable id gets a reply, success or error; only events
+that are not ours, forged, stale, duplicated or undecryptable are dropped without one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Final, cast
+
+import orjson
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from keycast_tw.nostr import nip04, nip44, nip46
+from keycast_tw.nostr.errors import (
+    DecryptionError,
+    EncryptionError,
+    InvalidEvent,
+    MalformedRequest,
+)
+from keycast_tw.nostr.event import check_event, sign_event
+from keycast_tw.nostr.keys import SecretKey
+from keycast_tw.signer import methods
+from keycast_tw.signer.crypto import CryptoRunner, KeyCache, run_inline
+from keycast_tw.signer.interfaces import SignerStore
+from keycast_tw.signer.methods import MethodResult, Refused
+from keycast_tw.signer.model import ActivityRecord, Authorization, KeySource, KeyUnavailable
+from keycast_tw.signer.ratelimit import RateLimiter
+from keycast_tw.signer.registry import Registry
+from keycast_tw.signer.secrets import connect_secret_matches
+
+KIND: Final = nip46.KIND
+
+OK: Final = "ok"
+ERROR: Final = "error"
+IGNORED: Final = "ignored"
+UNDECRYPTABLE: Final = "undecryptable"
+
+NOT_CONNECTED: Final = "not connected: send connect with the bunker secret first"
+RATE_LIMITED: Final = "rate-limited: slow down"
+INVALID_SECRET: Final = "invalid secret"  # noqa: S105 (an error text)
+SECRET_USED: Final = "secret already used by another client"  # noqa: S105
+NO_NEW_CLIENTS: Final = "this authorization accepts no new connections"
+REVOKED: Final = "authorization revoked"
+EXPIRED: Final = "authorization expired"
+USER_KEY_UNAVAILABLE: Final = "signing key unavailable"
+INTERNAL_ERROR: Final = "internal error"
+RESPONSE_TOO_LARGE: Final = "response too large for the transport encryption"
+
+KNOWN_METHODS: Final = frozenset(
+    {"connect", "ping", "get_public_key", "sign_event", "switch_relays", "logout", "get_relays"}
+    | methods.THIRD_PARTY_METHODS
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Tunables of the engine; the defaults suit a public-relay deployment."""
+
+    #: requests whose created_at is further than this from now (seconds) are dropped as stale.
+    created_at_window: int = 600
+    #: longest request content (characters) that is decrypted at all; longer ones are dropped.
+    max_content_length: int = 512 * 1024
+    #: token bucket per client pubkey: sustained requests per second (0 disables) and burst.
+    rate_per_second: float = 20.0
+    rate_burst: float = 40.0
+    #: how many clients the rate limiter tracks (least recently seen evicted first).
+    rate_limit_clients: int = 100_000
+    #: entries of each derived-key cache (NIP-44 conversation keys, NIP-04 shared secrets).
+    key_cache_size: int = 10_000
+    #: how far ahead of now (seconds) the created_at of an event to sign may be.
+    max_sign_future: int = 900
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one event: the response to publish (or None) and what to count.
+
+    ``outcome`` is "ok", "error" (an error reply, or no reply when even that was impossible),
+    "ignored" (not ours, malformed, stale, forged, duplicate) or "undecryptable". ``reason`` is a
+    short text for logs and metrics; it never contains secrets or request content.
+    """
+
+    response: dict[str, Any] | None
+    bunker: str | None
+    client: str | None
+    method: str | None
+    outcome: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Opened:
+    """The result of crypto call 1. Holds the decrypted request: never log or repr it."""
+
+    verified: bool
+    reason: str
+    secret: SecretKey | None = None
+    transport_key: bytes | None = None
+    derived: bool = False
+    request: nip46.Request | None = None
+    malformed_id: str | None = None
+
+    def __repr__(self) -> str:
+        return f"_Opened(verified={self.verified}, reason={self.reason!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class _Replied:
+    """The result of crypto call 2: the signed response and what to record."""
+
+    response: dict[str, Any]
+    result: MethodResult | None
+    error: str | None
+    failure: Failure | None = None
+
+
+class Engine:
+    """Handles NIP-46 requests for the bunkers in ``registry``; see the module docstring."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        registry: Registry,
+        store: SignerStore,
+        *,
+        clock: IReactorTime | Callable[[], float],
+        run_crypto: CryptoRunner = run_inline,
+        config: EngineConfig | None = None,
+        log: Logger | None = None,
+    ) -> None:
+        self._registry = registry
+        self._store = store
+        self._now = _time_source(clock)
+        self._run = run_crypto
+        self._config = config = config or EngineConfig()
+        if log is not None:
+            self.log = log
+        self._limiter = RateLimiter(
+            config.rate_per_second, config.rate_burst, max_keys=config.rate_limit_clients
+        )
+        self._nip44_keys: KeyCache[tuple[str, str], bytes] = KeyCache(config.key_cache_size)
+        self._nip04_keys: KeyCache[tuple[str, str], bytes] = KeyCache(config.key_cache_size)
+
+    def cache_stats(self) -> dict[str, int]:
+        """Sizes and hit counts of the derived-key caches, for /status and metrics."""
+        return {
+            "nip44_keys": len(self._nip44_keys),
+            "nip44_hits": self._nip44_keys.hits,
+            "nip44_misses": self._nip44_keys.misses,
+            "nip04_keys": len(self._nip04_keys),
+            "nip04_hits": self._nip04_keys.hits,
+            "nip04_misses": self._nip04_keys.misses,
+        }
+
+    def handle_event(self, event: Mapping[str, Any]) -> Deferred[Outcome]:
+        """Handle one relay event; fires with its Outcome and never fails."""
+        if event.get("kind") != KIND:
+            return succeed(Outcome(None, None, None, None, IGNORED, "not kind 24133"))
+        registry = self._registry
+        auth = None
+        tags = event.get("tags")
+        if type(tags) is list:
+            for tag in tags:
+                if type(tag) is list and len(tag) >= 2 and tag[0] == "p":
+                    target = tag[1]
+                    if type(target) is str:
+                        auth = registry.get(target)
+                        if auth is not None:
+                            break
+        if auth is None:
+            return succeed(Outcome(None, None, None, None, IGNORED, "not ours"))
+        bunker = auth.bunker_pubkey
+        client = event.get("pubkey")
+        content = event.get("content")
+        created_at = event.get("created_at")
+        event_id = event.get("id")
+        reason = None
+        if type(client) is not str or type(content) is not str or type(event_id) is not str:
+            reason = "invalid event"
+        elif type(created_at) is not int:
+            reason = "invalid created_at"
+        elif registry.get(client) is not None:
+            reason = "from one of our own bunkers"
+        elif len(content) > self._config.max_content_length:
+            reason = "content too large"
+        elif abs(self._now() - created_at) > self._config.created_at_window:
+            reason = "stale created_at"
+        if reason is not None:
+            self.log.debug(
+                "Ignoring NIP-46 event for bunker {bunker}: {reason}",
+                bunker=_short(bunker),
+                reason=reason,
+            )
+            return succeed(Outcome(None, bunker, None, None, IGNORED, reason))
+        assert isinstance(client, str) and isinstance(content, str)
+        assert isinstance(event_id, str) and isinstance(created_at, int)
+        return Deferred.fromCoroutine(
+            self._handle(event, auth, client, content, event_id, created_at)
+        )
+
+    async def _handle(
+        self,
+        event: Mapping[str, Any],
+        auth: Authorization,
+        client: str,
+        content: str,
+        event_id: str,
+        created_at: int,
+    ) -> Outcome:
+        bunker = auth.bunker_pubkey
+        legacy = nip04.is_nip04(content)
+        cache = self._nip04_keys if legacy else self._nip44_keys
+        cache_key = (bunker, client)
+        cached = cache.get(cache_key)
+        try:
+            opened = await self._run(_open, event, auth.bunker_key, client, cached, legacy)
+        except Exception:
+            self.log.failure("NIP-46 request for bunker {bunker} failed", bunker=_short(bunker))
+            return Outcome(None, bunker, client, None, ERROR, INTERNAL_ERROR)
+        if not opened.verified:
+            self.log.debug(
+                "Ignoring NIP-46 event for bunker {bunker}: {reason}",
+                bunker=_short(bunker),
+                reason=opened.reason,
+            )
+            return Outcome(None, bunker, client, None, IGNORED, opened.reason)
+        if not await self._store.claim_request(event_id, created_at):
+            self.log.debug(
+                "Ignoring duplicate NIP-46 event for bunker {bunker}", bunker=_short(bunker)
+            )
+            return Outcome(None, bunker, client, None, IGNORED, "duplicate")
+        self.log.info("Received NIP-46 request for bunker: {bunker}", bunker=_short(bunker))
+        secret = opened.secret
+        transport_key = opened.transport_key
+        if secret is None or transport_key is None:
+            if opened.reason == UNDECRYPTABLE:
+                self.log.warn(
+                    "Cannot decrypt NIP-46 request from {client} for bunker {bunker}",
+                    client=_short(client),
+                    bunker=_short(bunker),
+                )
+                return Outcome(None, bunker, client, None, UNDECRYPTABLE, "decryption failed")
+            self.log.error(
+                "Bunker key of authorization {authorization} is unavailable: {reason}",
+                authorization=auth.id,
+                reason=opened.reason,
+            )
+            return Outcome(None, bunker, client, None, ERROR, opened.reason)
+        if opened.derived:
+            cache.put(cache_key, transport_key)
+        request = opened.request
+        if request is None:
+            if opened.malformed_id is None:
+                self.log.warn(
+                    "Unreadable NIP-46 request from {client}: {reason}",
+                    client=_short(client),
+                    reason=opened.reason,
+                )
+                return Outcome(None, bunker, client, None, ERROR, opened.reason)
+            request_id = opened.malformed_id
+            method = None
+            work = _refusal(opened.reason)
+        else:
+            request_id = request.id
+            method = request.method if request.method in KNOWN_METHODS else "unsupported"
+            self.log.info("Processing NIP-46 method: {method}", method=method)
+            # The registry may have changed while the claim or the crypto was in flight.
+            current = self._registry.get(bunker)
+            if current is None:
+                work = _refusal(REVOKED)
+            else:
+                auth = current
+                work = await self._dispatch(auth, client, request)
+        now = int(self._now())
+        try:
+            replied = await self._run(
+                _reply, work.run, secret, transport_key, legacy, request_id, client, event_id, now
+            )
+        except Exception:
+            self.log.failure("NIP-46 reply for bunker {bunker} failed", bunker=_short(bunker))
+            return Outcome(None, bunker, client, method, ERROR, INTERNAL_ERROR)
+        if replied.failure is not None:
+            self.log.failure(
+                "NIP-46 method {method} failed for bunker {bunker}",
+                replied.failure,
+                method=method,
+                bunker=_short(bunker),
+            )
+        result = replied.result
+        derived = result.derived_key if result is not None else None
+        if derived is not None and work.cache is not None and work.cache_key is not None:
+            work.cache.put(work.cache_key, derived)
+        error = replied.error
+        if error == USER_KEY_UNAVAILABLE:
+            self.log.error(
+                "User key of authorization {authorization} is unavailable",
+                authorization=auth.id,
+            )
+        if error != RATE_LIMITED:
+            # A client over its rate limit would otherwise flood the activity log too.
+            self._store.record_activity(
+                ActivityRecord(
+                    authorization_id=auth.id,
+                    client_pubkey=client,
+                    method=method or "malformed",
+                    outcome=OK if error is None else ERROR,
+                    created_at=now,
+                    event_kind=result.event_kind if result is not None else None,
+                    event_id=result.event_id if result is not None else None,
+                    error=error,
+                )
+            )
+        if error is None:
+            return Outcome(replied.response, bunker, client, method, OK)
+        return Outcome(replied.response, bunker, client, method, ERROR, error)
+
+    async def _dispatch(self, auth: Authorization, client: str, request: nip46.Request) -> _Work:
+        """Decide on a request (reactor thread): refuse it, answer it, or plan its crypto."""
+        now = self._now()
+        if not self._limiter.allow(client, now):
+            return _refusal(RATE_LIMITED)
+        if not auth.is_live(now):
+            return _refusal(REVOKED if auth.revoked_at is not None else EXPIRED)
+        method = request.method
+        params = request.params
+        if method == "ping":
+            return _answer("pong")
+        if method == "connect":
+            return await self._connect(auth, client, params, int(now))
+        sessions = auth.sessions
+        if sessions is None or sessions.get(client) is not True:
+            return _refusal(NOT_CONNECTED)
+        if method == "sign_event":
+            return _Work(
+                partial(
+                    methods.sign_event,
+                    params,
+                    auth.user_key,
+                    auth.policy,
+                    int(now),
+                    self._config.max_sign_future,
+                )
+            )
+        if method in methods.THIRD_PARTY_METHODS:
+            cache = self._nip04_keys if method.startswith("nip04") else self._nip44_keys
+            cache_key = (auth.user_pubkey, params[0].lower()) if params else None
+            cached = cache.get(cache_key) if cache_key is not None else None
+            run = partial(
+                methods.third_party_crypto, method, params, auth.user_key, auth.policy, cached
+            )
+            return _Work(run, cache if cached is None else None, cache_key)
+        if method == "get_public_key":
+            return _answer(auth.user_pubkey)
+        if method == "switch_relays":
+            return _answer(orjson.dumps(list(auth.relays)).decode() if auth.relays else "null")
+        if method == "get_relays":
+            relays = {url: {"read": True, "write": True} for url in auth.relays}
+            return _answer(orjson.dumps(relays).decode())
+        if method == "logout":
+            return await self._logout(auth, client, int(now))
+        return _refusal(f"unsupported method: {method[:64]}")
+
+    async def _connect(
+        self, auth: Authorization, client: str, params: tuple[str, ...], now: int
+    ) -> _Work:
+        """Bind ``client`` to the authorization if it presents the connect secret.
+
+        params[0] is not checked: clients send the bunker pubkey, the user pubkey or "" there.
+        The secret is single-use across clients: the first ``max_uses`` distinct clients that
+        present it are bound, and only they may reconnect (with the same secret, also after a
+        logout). An authorization without a secret accepts no new clients at all. The session
+        is recorded before the store is awaited, so two racing connects cannot both take the
+        last free use; a failed save is rolled back and refused.
+        """
+        sessions = auth.sessions
+        previous = sessions.get(client) if sessions is not None else None
+        secret_hash = auth.secret_hash
+        if secret_hash is None:
+            return _answer("ack") if previous is True else _refusal(NO_NEW_CLIENTS)
+        presented = params[1] if len(params) > 1 else ""
+        if not presented or not connect_secret_matches(presented, secret_hash):
+            return _refusal(INVALID_SECRET)
+        if previous is None and auth.max_uses is not None and len(sessions or ()) >= auth.max_uses:
+            return _refusal(SECRET_USED)
+        if sessions is None:
+            sessions = auth.sessions = {}
+        sessions[client] = True
+        try:
+            await self._store.save_session(auth.id, client, now)
+        except Exception:
+            self.log.failure("Could not save the session of client {client}", client=_short(client))
+            if previous is None:
+                sessions.pop(client, None)
+            else:
+                sessions[client] = previous
+            return _refusal("could not save the session, try again")
+        if previous is not True:
+            self.log.info(
+                "Client {client} connected to bunker {bunker}",
+                client=_short(client),
+                bunker=_short(auth.bunker_pubkey),
+            )
+        return _answer("ack")
+
+    async def _logout(self, auth: Authorization, client: str, now: int) -> _Work:
+        """End the client's session; it must connect again (with the secret) to be served.
+
+        The reply is "ack" even when persisting fails: the client drops its key either way, and
+        the failure is logged for the operator.
+        """
+        if auth.sessions is not None:
+            auth.sessions[client] = False
+        try:
+            await self._store.end_session(auth.id, client, now)
+        except Exception:
+            self.log.failure("Could not save the logout of client {client}", client=_short(client))
+        self.log.info(
+            "Client {client} logged out of bunker {bunker}",
+            client=_short(client),
+            bunker=_short(auth.bunker_pubkey),
+        )
+        return _answer("ack")
+
+
+@dataclass(frozen=True, slots=True)
+class _Work:
+    """What crypto call 2 runs to get the result, and where a derived third-party key goes."""
+
+    run: Callable[[], MethodResult]
+    cache: KeyCache[tuple[str, str], bytes] | None = None
+    cache_key: tuple[str, str] | None = None
+
+
+def _answer(value: str) -> _Work:
+    result = MethodResult(value)
+    return _Work(lambda: result)
+
+
+def _refusal(reason: str) -> _Work:
+    def refuse() -> MethodResult:
+        raise Refused(reason)
+
+    return _Work(refuse)
+
+
+def _open(
+    event: Mapping[str, Any],
+    bunker_key: KeySource,
+    client: str,
+    cached: bytes | None,
+    legacy: bool,
+) -> _Opened:
+    """Crypto call 1 (pure): verify, get the transport key, decrypt, parse."""
+    try:
+        check_event(event)
+    except InvalidEvent as error:
+        return _Opened(False, f"invalid event: {error}")
+    try:
+        secret = bunker_key.secret_key()
+    except KeyUnavailable as error:
+        return _Opened(True, str(error))
+    key = cached
+    if key is None:
+        peer = bytes.fromhex(client)  # a verified event's pubkey is a valid x-only key
+        key = secret.shared_x(peer) if legacy else nip44.conversation_key(secret, peer)
+    content = event["content"]
+    try:
+        plaintext = nip04.decrypt_with_key(content, key) if legacy else nip44.decrypt(content, key)
+    except DecryptionError:
+        return _Opened(True, UNDECRYPTABLE, secret)
+    try:
+        request = nip46.parse_request(plaintext)
+    except MalformedRequest as error:
+        return _Opened(
+            True, f"malformed request: {error}", secret, key, cached is None, None, error.request_id
+        )
+    return _Opened(True, "", secret, key, cached is None, request)
+
+
+def _reply(
+    run: Callable[[], MethodResult],
+    secret: SecretKey,
+    transport_key: bytes,
+    legacy: bool,
+    request_id: str,
+    client: str,
+    event_id: str,
+    now: int,
+) -> _Replied:
+    """Crypto call 2 (pure): execute, encrypt the reply in the request's scheme, sign it."""
+    result: MethodResult | None = None
+    error: str | None = None
+    failure: Failure | None = None
+    try:
+        result = run()
+    except Refused as refused:
+        error = refused.reason
+    except KeyUnavailable:
+        error = USER_KEY_UNAVAILABLE
+    except Exception:
+        failure = Failure()  # type: ignore[no-untyped-call]
+        error = INTERNAL_ERROR
+    if result is not None:
+        body = nip46.response_json(request_id, result.value)
+    else:
+        body = nip46.error_json(request_id, error or INTERNAL_ERROR)
+    try:
+        content = _encrypt(body, transport_key, legacy)
+    except EncryptionError:
+        # Too large for what every client can decrypt: say so rather than stay silent.
+        result = None
+        error = RESPONSE_TOO_LARGE
+        content = _encrypt(nip46.error_json(request_id, error), transport_key, legacy)
+    template = {
+        "kind": KIND,
+        "content": content,
+        "tags": [["p", client], ["e", event_id]],
+        "created_at": now,
+    }
+    return _Replied(sign_event(template, secret), result, error, failure)
+
+
+def _encrypt(body: str, key: bytes, legacy: bool) -> str:
+    return nip04.encrypt_with_key(body, key) if legacy else nip44.encrypt(body, key)
+
+
+def _time_source(clock: IReactorTime | Callable[[], float]) -> Callable[[], float]:
+    seconds = getattr(clock, "seconds", None)
+    if callable(seconds):
+        return cast(Callable[[], float], seconds)
+    return cast(Callable[[], float], clock)
+
+
+def _short(pubkey: str) -> str:
+    """The first 8 hex characters, enough to grep logs without printing whole keys."""
+    return pubkey[:8] + "…"

@@ -1,0 +1,253 @@
+"""keycast_tw.signer.engine: every NIP-46 method, end to end through the fake client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from twisted.trial.unittest import SynchronousTestCase
+
+from keycast_tw.nostr import nip04, nip44, nip46
+from keycast_tw.nostr.event import event_id, verify_event
+from keycast_tw.nostr.keys import SecretKey
+
+from .signer_helpers import World
+
+
+def template(**fields: Any) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "kind": 1,
+        "content": 'héllo 🌍 \u2028 \\ "',
+        "tags": [["e", "a" * 64, "wss://r.example", "reply"], ["t", "x"]],
+        "created_at": 1_799_999_000,
+    }
+    result.update(fields)
+    return result
+
+
+class SimpleMethodTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.world = World(self, relays=("wss://a.example", "wss://b.example/path"))
+        self.client = self.world.connected_client()
+
+    def test_ping(self) -> None:
+        """ping answers "pong"."""
+        self.assertEqual(self.world.call(self.client, "ping")[1].result, "pong")
+
+    def test_get_public_key(self) -> None:
+        """get_public_key answers the user's pubkey in lowercase hex."""
+        outcome, response = self.world.call(self.client, "get_public_key")
+        self.assertEqual(response.result, self.world.user_key.pubkey_hex)
+        self.assertEqual((outcome.method, outcome.outcome), ("get_public_key", "ok"))
+
+    def test_switch_relays(self) -> None:
+        """switch_relays answers the authorization's relays as a JSON string."""
+        result = self.world.call(self.client, "switch_relays")[1].result
+        self.assertEqual(result, '["wss://a.example","wss://b.example/path"]')
+
+    def test_switch_relays_without_relays(self) -> None:
+        """With no relays configured switch_relays answers the string "null" (no change)."""
+        world = World(self, relays=())
+        self.assertEqual(world.call(world.connected_client(), "switch_relays")[1].result, "null")
+
+    def test_get_relays(self) -> None:
+        """The legacy get_relays answers {url: {read, write}} as a JSON string."""
+        result = self.world.call(self.client, "get_relays")[1].result
+        assert result is not None
+        self.assertEqual(
+            orjson.loads(result),
+            {
+                "wss://a.example": {"read": True, "write": True},
+                "wss://b.example/path": {"read": True, "write": True},
+            },
+        )
+
+    def test_activity_recorded(self) -> None:
+        """Each answered request is recorded without content."""
+        self.world.call(self.client, "ping")
+        record = self.world.store.activity[-1]
+        self.assertEqual(
+            (record.method, record.outcome, record.client_pubkey),
+            ("ping", "ok", self.client.pubkey),
+        )
+
+
+class SignEventTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.world = World(self)
+        self.client = self.world.connected_client()
+
+    def sign(self, unsigned: Any) -> nip46.Response:
+        param = unsigned if isinstance(unsigned, str) else orjson.dumps(unsigned).decode()
+        return self.world.call(self.client, "sign_event", [param])[1]
+
+    def refused(self, unsigned: Any) -> str:
+        response = self.sign(unsigned)
+        self.assertEqual(response.result, "error")
+        assert response.error is not None
+        return response.error
+
+    def test_sign_keeps_fields_exactly(self) -> None:
+        """The signed event keeps kind, content, tags and created_at, with the user's pubkey."""
+        unsigned = template()
+        response = self.sign(unsigned)
+        assert response.result is not None
+        signed = orjson.loads(response.result)
+        self.assertTrue(verify_event(signed))
+        self.assertEqual(signed["pubkey"], self.world.user_key.pubkey_hex)
+        for field in ("kind", "content", "tags", "created_at"):
+            self.assertEqual(signed[field], unsigned[field])
+        self.assertEqual(signed["id"], event_id(signed))
+        record = self.world.store.activity[-1]
+        self.assertEqual((record.event_kind, record.event_id), (1, signed["id"]))
+
+    def test_ndk_template_with_pubkey_id_sig(self) -> None:
+        """NDK sends its own pubkey (the user's), id and empty sig; the id it computed matches."""
+        unsigned = template(pubkey=self.world.user_key.pubkey_hex, sig="")
+        unsigned["id"] = event_id(unsigned)
+        response = self.sign(unsigned)
+        assert response.result is not None
+        self.assertEqual(orjson.loads(response.result)["id"], unsigned["id"])
+
+    def test_template_as_object(self) -> None:
+        """Old clients send the template as a JSON object rather than a string."""
+        body = orjson.dumps({"id": "o1", "method": "sign_event", "params": [template()]}).decode()
+        world = self.world
+        request = self.client.request("", created_at=world.clock.seconds(), plaintext=body)
+        response = self.client.read(world.handle(request).response, request)
+        assert response.result is not None
+        self.assertTrue(verify_event(orjson.loads(response.result)))
+
+    def test_missing_created_at_is_now(self) -> None:
+        """A template without created_at is signed with the current time."""
+        unsigned = template()
+        del unsigned["created_at"]
+        response = self.sign(unsigned)
+        assert response.result is not None
+        self.assertEqual(
+            orjson.loads(response.result)["created_at"], int(self.world.clock.seconds())
+        )
+
+    def test_created_at_bounds(self) -> None:
+        """Past dates are signed; far-future, negative or non-integer ones are refused."""
+        now = int(self.world.clock.seconds())
+        self.assertIsNotNone(self.sign(template(created_at=0)).result)
+        self.assertIsNotNone(self.sign(template(created_at=now + 900)).result)
+        self.assertEqual(
+            self.refused(template(created_at=now + 901)),
+            "sign_event: created_at is too far in the future",
+        )
+        for bad in (-1, 1.5, "1", True):
+            self.assertIn("created_at", self.refused(template(created_at=bad)))
+
+    def test_kind_validation(self) -> None:
+        """kind must be an integer 0..65535 (no bools, no wrap-around)."""
+        self.assertIsNotNone(self.sign(template(kind=65535)).result)
+        for bad in (65536, -1, True, "1", 1.0, None):
+            self.assertEqual(
+                self.refused(template(kind=bad)),
+                "sign_event: kind must be an integer from 0 to 65535",
+            )
+
+    def test_content_and_tags_validation(self) -> None:
+        """content must be a string, tags an array of arrays of strings."""
+        self.assertEqual(self.refused(template(content=5)), "sign_event: content must be a string")
+        bad_tags: list[Any] = [{}, [["e", 1]], ["e"], "x"]
+        for bad in bad_tags:
+            self.assertEqual(
+                self.refused(template(tags=bad)),
+                "sign_event: tags must be an array of arrays of strings",
+            )
+
+    def test_pubkey_must_be_the_user(self) -> None:
+        """A template naming another pubkey is refused; the user's or "" is fine."""
+        other = SecretKey.generate().pubkey_hex
+        self.assertEqual(
+            self.refused(template(pubkey=other)), "sign_event: pubkey is not the signer's user key"
+        )
+        self.assertIsNotNone(self.sign(template(pubkey="")).result)
+
+    def test_unparsable_template(self) -> None:
+        """A params[0] that is not a JSON object, or no params at all, is an error reply."""
+        self.assertIn("JSON", self.refused("{not json"))
+        self.assertIn("JSON object", self.refused("[1]"))
+        self.assertEqual(
+            self.world.call(self.client, "sign_event", [])[1].error,
+            "sign_event: missing event template",
+        )
+
+
+class ThirdPartyCryptoTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.world = World(self)
+        self.client = self.world.connected_client()
+        self.third = SecretKey.generate()
+        self.user = self.world.user_key
+
+    def call(self, method: str, *params: str) -> nip46.Response:
+        return self.world.call(self.client, method, list(params))[1]
+
+    def test_nip44_encrypt_decrypt(self) -> None:
+        """nip44_encrypt uses the user key with the third party; nip44_decrypt reverses it."""
+        response = self.call("nip44_encrypt", self.third.pubkey_hex, "dm ✉")
+        assert response.result is not None
+        key = nip44.conversation_key(self.third, self.user.pubkey)
+        self.assertEqual(nip44.decrypt(response.result, key), "dm ✉")
+        payload = nip44.encrypt("reply", key)
+        self.assertEqual(self.call("nip44_decrypt", self.third.pubkey_hex, payload).result, "reply")
+
+    def test_nip04_encrypt_decrypt(self) -> None:
+        """nip04_encrypt/decrypt use the user key with the third party."""
+        response = self.call("nip04_encrypt", self.third.pubkey_hex, "legacy dm")
+        assert response.result is not None
+        shared = self.third.shared_x(self.user.pubkey)
+        self.assertEqual(nip04.decrypt_with_key(response.result, shared), "legacy dm")
+        payload = nip04.encrypt_with_key("back", shared)
+        self.assertEqual(self.call("nip04_decrypt", self.third.pubkey_hex, payload).result, "back")
+
+    def test_bad_ciphertext_gets_error(self) -> None:
+        """Undecryptable third-party payloads get an error reply, never silence."""
+        for method in ("nip44_decrypt", "nip04_decrypt"):
+            response = self.call(method, self.third.pubkey_hex, "garbage?iv=AAAA")
+            self.assertEqual(response.result, "error")
+            assert response.error is not None
+            self.assertTrue(response.error.startswith(method))
+
+    def test_bad_pubkey_or_missing_params(self) -> None:
+        """A third party that is not a hex pubkey, or missing params, gets an error reply."""
+        for method in ("nip44_encrypt", "nip04_decrypt"):
+            self.assertEqual(
+                self.call(method, "npub1xyz", "x").error,
+                f"{method}: params[0] must be a hex public key",
+            )
+            self.assertEqual(
+                self.call(method, self.third.pubkey_hex).error,
+                f"{method}: expected [third_party_pubkey, text]",
+            )
+
+    def test_empty_plaintext_refused(self) -> None:
+        """NIP-44 cannot encrypt an empty plaintext; that is an error reply."""
+        response = self.call("nip44_encrypt", self.third.pubkey_hex, "")
+        self.assertEqual(response.result, "error")
+
+    def test_third_party_key_cached(self) -> None:
+        """The (user, third party) conversation key is derived once."""
+        stats_before = self.world.engine.cache_stats()
+        self.call("nip44_encrypt", self.third.pubkey_hex, "a")
+        self.call("nip44_encrypt", self.third.pubkey_hex.upper(), "b")
+        stats = self.world.engine.cache_stats()
+        self.assertEqual(stats["nip44_keys"] - stats_before["nip44_keys"], 1)
+        self.assertEqual(
+            stats["nip44_hits"] - stats_before["nip44_hits"], 3
+        )  # 2 transport, 1 third
+
+
+class SameKeyTests(SynchronousTestCase):
+    def test_encrypt_to_client_with_same_key(self) -> None:
+        """With bunker key == user key, transport and third-party keys share the cache safely."""
+        world = World(self, same_key=True)
+        client = world.connected_client()
+        response = world.call(client, "nip44_encrypt", [client.pubkey, "to the client"])[1]
+        assert response.result is not None
+        key = nip44.conversation_key(client.key, world.user_key.pubkey)
+        self.assertEqual(nip44.decrypt(response.result, key), "to the client")
