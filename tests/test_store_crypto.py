@@ -1,0 +1,264 @@
+"""Master key file rules, AES-GCM blobs bound to their row, key_check, rotation and backup."""
+
+from __future__ import annotations
+
+import base64
+import os
+import sqlite3
+import stat
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase
+
+from keycast_tw.store.backup import backup
+from keycast_tw.store.crypto import (
+    KIND_FILE,
+    SecretCipher,
+    bunker_key_aad,
+    create_master_key_file,
+    open_cipher,
+    open_file_cipher,
+    read_key_info,
+    read_master_key_file,
+    user_key_aad,
+    write_master_key_file,
+)
+from keycast_tw.store.db import open_database
+from keycast_tw.store.errors import CiphertextError, MasterKeyError, StoreError
+from keycast_tw.store.rotation import rotate_master_key, rotate_master_key_file
+from keycast_tw.store.runner import ConnectionRunner
+from tests.test_store_fixtures import add_authorization, add_user_key, new_cipher, new_database
+
+
+class MasterKeyFileTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.dir = self.mktemp()
+        self.path = os.path.join(self.dir, "keys", "master.key")
+
+    def test_create_is_0600_and_idempotent(self) -> None:
+        """init creates a 0600 base64 key (parent made) and leaves an existing one alone."""
+        self.assertTrue(create_master_key_file(self.path))
+        self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o600)
+        key = read_master_key_file(self.path)
+        self.assertEqual(len(key), 32)
+        self.assertFalse(create_master_key_file(self.path))
+        self.assertEqual(read_master_key_file(self.path), key)
+
+    def write(self, content: bytes, mode: int = 0o600) -> None:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        with open(self.path, "wb") as handle:
+            handle.write(content)
+        os.chmod(self.path, mode)
+
+    def test_whitespace_trimmed(self) -> None:
+        """The original's format (openssl rand 32 | base64) with surrounding whitespace reads."""
+        key = os.urandom(32)
+        self.write(b"  " + base64.b64encode(key) + b"\r\n\n")
+        self.assertEqual(read_master_key_file(self.path), key)
+
+    def test_group_readable_refused(self) -> None:
+        """A group/world readable key is refused with the chmod remedy."""
+        self.write(base64.b64encode(os.urandom(32)), 0o640)
+        with self.assertRaises(MasterKeyError) as caught:
+            read_master_key_file(self.path)
+        self.assertIn("readable by group/others", str(caught.exception))
+        self.assertIn(f"chmod 600 {self.path}", str(caught.exception))
+
+    def test_bad_format_refused(self) -> None:
+        """Non-base64, 31 or 33 bytes, and base64 with junk are all refused."""
+        for content in (
+            b"not base64!!",
+            base64.b64encode(os.urandom(31)),
+            base64.b64encode(os.urandom(33)),
+            base64.b64encode(os.urandom(32)) + b"$",
+        ):
+            self.write(content)
+            with self.assertRaises(MasterKeyError) as caught:
+                read_master_key_file(self.path)
+            self.assertIn("not base64 of 32 bytes", str(caught.exception))
+
+    def test_missing(self) -> None:
+        """A missing key file names `keycast init`."""
+        with self.assertRaises(MasterKeyError) as caught:
+            read_master_key_file(self.path)
+        self.assertIn("keycast init", str(caught.exception))
+
+    def test_atomic_write_replaces(self) -> None:
+        """write_master_key_file replaces the key with a 0600 file and leaves no temp file."""
+        create_master_key_file(self.path)
+        key = os.urandom(32)
+        write_master_key_file(self.path, key)
+        self.assertEqual(read_master_key_file(self.path), key)
+        self.assertEqual(os.listdir(os.path.dirname(self.path)), ["master.key"])
+
+
+class CipherTests(SynchronousTestCase):
+    def test_round_trip_and_layout(self) -> None:
+        """Blobs are nonce12||ct||tag16 and a fresh nonce each time."""
+        cipher = new_cipher()
+        blob = cipher.encrypt(b"k" * 32, b"aad")
+        self.assertEqual(len(blob), 12 + 32 + 16)
+        self.assertNotEqual(blob, cipher.encrypt(b"k" * 32, b"aad"))
+        self.assertEqual(cipher.decrypt(blob, b"aad"), b"k" * 32)
+
+    def test_rust_layout_decrypts_with_empty_aad(self) -> None:
+        """A blob laid out as the Rust original does (no AAD) reads only with AAD b''."""
+        key, nonce, secret = os.urandom(32), os.urandom(12), os.urandom(32)
+        rust_blob = nonce + AESGCM(key).encrypt(nonce, secret, None)
+        cipher = SecretCipher(key)
+        self.assertEqual(cipher.decrypt(rust_blob, b""), secret)
+        with self.assertRaises(CiphertextError):
+            cipher.decrypt(rust_blob, bunker_key_aad("ab" * 32))
+
+    def test_blob_bound_to_its_pubkey(self) -> None:
+        """A blob moved to another row (other pubkey or other role) does not decrypt."""
+        cipher = new_cipher()
+        blob = cipher.encrypt(b"s" * 32, bunker_key_aad("aa" * 32))
+        for aad in (bunker_key_aad("bb" * 32), user_key_aad("aa" * 32)):
+            with self.assertRaises(CiphertextError):
+                cipher.decrypt(blob, aad)
+        with self.assertRaises(CiphertextError):
+            cipher.decrypt(b"short", b"")
+
+    def test_repr_hides_key(self) -> None:
+        """The cipher's repr shows no key bytes."""
+        key = os.urandom(32)
+        self.assertNotIn(key.hex(), repr(SecretCipher(key)))
+        self.assertNotIn(base64.b64encode(key).decode(), repr(SecretCipher(key)))
+
+
+class KeyCheckTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.db_path, self.conn = new_database(self.mktemp())
+        self.key_path = os.path.join(os.path.dirname(self.db_path), "master.key")
+        create_master_key_file(self.key_path)
+
+    def test_first_open_records_key_check(self) -> None:
+        """Opening with the file key writes kind=file and a key_check that matches."""
+        cipher = open_file_cipher(self.conn, self.key_path)
+        info = read_key_info(self.conn)
+        assert info is not None
+        self.assertEqual(info[0], KIND_FILE)
+        self.assertTrue(cipher.matches(info[2]))
+
+    def test_wrong_key_fails_at_start(self) -> None:
+        """Another master key gives one MasterKeyError, not per-row failures."""
+        open_file_cipher(self.conn, self.key_path)
+        write_master_key_file(self.key_path, os.urandom(32))
+        with self.assertRaises(MasterKeyError) as caught:
+            open_file_cipher(self.conn, self.key_path)
+        self.assertEqual(str(caught.exception), "master key does not match this database")
+
+    def test_legacy_database_checked_against_a_user_key(self) -> None:
+        """Without key_check, a stored user key must decrypt before key_check is recorded."""
+        add_user_key(self.conn, new_cipher(), "alice")
+        with self.assertRaises(MasterKeyError):
+            open_file_cipher(self.conn, self.key_path)
+        self.assertIsNone(read_key_info(self.conn))
+
+    def test_open_cipher_through_a_runner(self) -> None:
+        """open_cipher with a file key completes synchronously through a ConnectionRunner."""
+        d = open_cipher(ConnectionRunner(self.conn), master_key_path=self.key_path, kms=None)
+        cipher = self.successResultOf(Deferred.fromCoroutine(d))
+        self.assertIsInstance(cipher, SecretCipher)
+
+
+class RotationTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.db_path, self.conn = new_database(self.mktemp())
+        self.key_path = os.path.join(os.path.dirname(self.db_path), "master.key")
+        create_master_key_file(self.key_path)
+        self.old = open_file_cipher(self.conn, self.key_path)
+        self.key_id, self.user = add_user_key(self.conn, self.old, "alice")
+        self.auth_id, self.bunker_pubkey = add_authorization(self.conn, self.old, self.key_id)
+
+    def blobs(self) -> tuple[bytes, bytes, bytes]:
+        user = self.conn.execute("SELECT secret_ciphertext FROM user_keys").fetchone()[0]
+        bunker = self.conn.execute(
+            "SELECT bunker_secret_ciphertext FROM authorizations"
+        ).fetchone()[0]
+        check = self.conn.execute("SELECT key_check FROM master_key_info").fetchone()[0]
+        return bytes(user), bytes(bunker), bytes(check)
+
+    def test_rotate_reencrypts_everything(self) -> None:
+        """Every user key, bunker key and key_check moves to the new key."""
+        new = new_cipher()
+        result = rotate_master_key(self.conn, self.old, new)
+        self.assertEqual((result.user_keys, result.bunker_keys), (1, 1))
+        user, bunker, check = self.blobs()
+        self.assertEqual(
+            new.decrypt(user, user_key_aad(self.user.pubkey_hex)), self.user.to_bytes()
+        )
+        self.assertEqual(len(new.decrypt(bunker, bunker_key_aad(self.bunker_pubkey))), 32)
+        self.assertTrue(new.matches(check))
+
+    def test_failure_midway_changes_nothing(self) -> None:
+        """A row that fails to decrypt half way rolls the whole rotation back."""
+        add_authorization(self.conn, new_cipher(), self.key_id)  # encrypted under another key
+        before = self.blobs()
+        with self.assertRaises(CiphertextError) as caught:
+            rotate_master_key(self.conn, self.old, new_cipher())
+        self.assertIn("authorization", str(caught.exception))
+        self.assertEqual(self.blobs(), before)
+        self.assertFalse(self.conn.in_transaction)
+
+    def test_rotate_file(self) -> None:
+        """The file rotation keeps the old key as .old and the new key opens the database."""
+        old_key = read_master_key_file(self.key_path)
+        rotate_master_key_file(self.conn, self.key_path)
+        self.assertEqual(read_master_key_file(self.key_path + ".old"), old_key)
+        self.assertFalse(os.path.exists(self.key_path + ".new"))
+        self.assertNotEqual(read_master_key_file(self.key_path), old_key)
+        open_file_cipher(self.conn, self.key_path)
+
+    def test_interrupted_rotation_is_explained(self) -> None:
+        """DB rotated but key not renamed: the start error points at <path>.new."""
+        new_key = os.urandom(32)
+        write_master_key_file(self.key_path + ".new", new_key)
+        rotate_master_key(self.conn, self.old, SecretCipher(new_key))
+        with self.assertRaises(MasterKeyError) as caught:
+            open_file_cipher(self.conn, self.key_path)
+        self.assertIn(".new may hold the matching key", str(caught.exception))
+
+
+class BackupTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.db_path, self.conn = new_database(self.mktemp())
+        self.dest = os.path.join(os.path.dirname(self.db_path), "copy.db")
+        add_user_key(self.conn, new_cipher(), "alice")
+
+    def test_backup_while_a_writer_is_mid_transaction(self) -> None:
+        """The copy holds committed rows only while another connection has a write open."""
+        writer = open_database(self.db_path)
+        self.addCleanup(writer.close)
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute(
+            "INSERT INTO user_keys (name, pubkey, secret_ciphertext, created_at)"
+            " VALUES ('bob', 'ff', x'00', 1)"
+        )
+        backup(self.db_path, self.dest)
+        writer.commit()
+        copy = sqlite3.connect(self.dest)
+        self.addCleanup(copy.close)
+        self.assertEqual(copy.execute("PRAGMA integrity_check").fetchone()[0], "ok")
+        self.assertEqual([r[0] for r in copy.execute("SELECT name FROM user_keys")], ["alice"])
+        self.assertEqual(self.conn.execute("SELECT count(*) FROM user_keys").fetchone()[0], 2)
+
+    def test_backup_from_open_connection(self) -> None:
+        """An open connection can be the source."""
+        backup(self.conn, self.dest)
+        copy = sqlite3.connect(self.dest)
+        self.addCleanup(copy.close)
+        self.assertEqual(copy.execute("SELECT count(*) FROM user_keys").fetchone()[0], 1)
+
+    def test_refuses_to_overwrite(self) -> None:
+        """An existing destination is kept unless overwrite is passed."""
+        with open(self.dest, "wb") as handle:
+            handle.write(b"precious")
+        with self.assertRaises(StoreError):
+            backup(self.db_path, self.dest)
+        with open(self.dest, "rb") as handle:
+            self.assertEqual(handle.read(), b"precious")
+        backup(self.db_path, self.dest, overwrite=True)
+        self.assertEqual(sorted(os.listdir(os.path.dirname(self.dest)))[0], "copy.db")
