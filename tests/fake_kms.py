@@ -18,7 +18,6 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-
 TEST_TOKEN = "test-token"
 
 
