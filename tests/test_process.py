@@ -359,7 +359,7 @@ class FatalTests(SynchronousTestCase):
         self.assertEqual(reactor.stops, 1)
         [event] = self.events
         self.assertEqual(event["log_level"], LogLevel.critical)
-        self.assertEqual(event["message"], "cannot open database /x: permission denied")
+        self.assertEqual(event["fatal_error"], "cannot open database /x: permission denied")
         self.assertEqual(self.exits, [])
         self.run_atexit()
         self.assertEqual(self.exits, [1])
@@ -381,7 +381,9 @@ class FatalTests(SynchronousTestCase):
         self.fatal(reactor, "first", 2)
         self.fatal(reactor, "second", 5)
         self.assertEqual(len(self.registered), 1)
-        self.assertEqual([e["message"] for e in self.events if "message" in e], ["first", "second"])
+        self.assertEqual(
+            [e["fatal_error"] for e in self.events if "fatal_error" in e], ["first", "second"]
+        )
         self.run_atexit()
         self.assertEqual(self.exits, [2])
 

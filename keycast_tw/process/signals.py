@@ -120,7 +120,7 @@ def fatal(
     Safe before the reactor runs (a failing ``startService``): the stop is deferred until it
     does. Calling it again keeps the first status and logs the new message.
     """
-    log.critical("{message}", message=message)
+    log.critical("{fatal_error}", fatal_error=message)
     if _ExitCode.code is None:
         _ExitCode.code = code
         register(_exit_now, exit)
