@@ -1,1 +1,1 @@
-"""keycast_tw.web: the daemon's HTTP edge (``health.HealthApp``: /health /ready /status /metrics)."""
+"""keycast_tw.web: the HTTP edge (``health.HealthApp``: /health /ready /status /metrics)."""
