@@ -1,0 +1,186 @@
+"""Building Authorization objects from rows: sharing, lazy keys, bad rows, incremental reload."""
+
+from __future__ import annotations
+
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from keycast_tw.signer.model import OAUTH, REGULAR, KeyUnavailable, LazyKey
+from keycast_tw.signer.registry import Registry
+from keycast_tw.store.expiry import ExpiryQueue
+from keycast_tw.store.loader import AuthorizationLoader
+from tests.test_store_fixtures import (
+    NOW,
+    add_authorization,
+    add_policy,
+    add_user_key,
+    new_cipher,
+    new_database,
+)
+
+
+class LoaderTestBase(SynchronousTestCase):
+    def setUp(self) -> None:
+        _, self.conn = new_database(self.mktemp())
+        self.cipher = new_cipher()
+        self.key_id, self.user = add_user_key(self.conn, self.cipher, "alice")
+        self.loader = AuthorizationLoader(self.cipher)
+        self.logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+    def errors(self) -> list[str]:
+        return [formatEvent(e) for e in self.logged if e["log_level"] == LogLevel.error]
+
+
+class FullLoadTests(LoaderTestBase):
+    def test_builds_lazy_shared_objects(self) -> None:
+        """Bunker keys are LazyKeys; user key, policy and relay tuples are shared objects."""
+        policy = add_policy(self.conn, "p", [("allowed_kinds", '{"allowed_kinds": [1, 7]}')])
+        first, pub1 = add_authorization(self.conn, self.cipher, self.key_id, policy_id=policy)
+        second, _ = add_authorization(self.conn, self.cipher, self.key_id, policy_id=policy)
+        result = self.loader.load_all(self.conn, NOW)
+        self.assertEqual(result.skipped, 0)
+        a, b = sorted(result.authorizations, key=lambda auth: auth.id)
+        self.assertEqual((a.id, b.id), (first, second))
+        self.assertIsInstance(a.bunker_key, LazyKey)
+        self.assertEqual(a.bunker_pubkey, pub1)
+        self.assertIs(a.user_key, b.user_key)
+        self.assertIs(a.policy, b.policy)
+        self.assertIs(a.relays, b.relays)
+        self.assertEqual(a.relays, ("wss://relay.example",))
+        assert a.policy is not None
+        self.assertEqual(a.policy.permissions[0].config, {"allowed_kinds": [1, 7]})
+        self.assertIsNone(a.sessions)
+        self.assertIs(a.kind, REGULAR)
+        self.assertEqual(a.user_key.secret_key().pubkey_hex, self.user.pubkey_hex)
+        self.assertEqual(a.bunker_key.secret_key().pubkey_hex, pub1)
+
+    def test_same_key_authorization(self) -> None:
+        """NULL bunker secret: the bunker key is the user key source itself."""
+        add_authorization(
+            self.conn, self.cipher, self.key_id, same_key_pubkey=self.user.pubkey_hex, kind=OAUTH
+        )
+        (auth,) = self.loader.load_all(self.conn, NOW).authorizations
+        self.assertIs(auth.bunker_key, auth.user_key)
+        self.assertIs(auth.kind, OAUTH)
+
+    def test_only_live_rows_and_sessions(self) -> None:
+        """Revoked and expired rows are not loaded; sessions map client -> active."""
+        live, _ = add_authorization(self.conn, self.cipher, self.key_id, expires_at=NOW + 10)
+        add_authorization(self.conn, self.cipher, self.key_id, expires_at=NOW)
+        add_authorization(self.conn, self.cipher, self.key_id, revoked_at=NOW - 1)
+        self.conn.executemany(
+            "INSERT INTO client_sessions VALUES (?, ?, 1, 1, ?)",
+            [(live, "c1", None), (live, "c2", 5)],
+        )
+        self.conn.commit()
+        (auth,) = self.loader.load_all(self.conn, NOW).authorizations
+        self.assertEqual(auth.id, live)
+        self.assertEqual(auth.sessions, {"c1": True, "c2": False})
+
+    def test_bad_rows_skipped_and_named(self) -> None:
+        """Bad relays JSON, bad policy config, wrong same-key pubkey: skipped with ERROR by id."""
+        good, _ = add_authorization(self.conn, self.cipher, self.key_id)
+        bad_relays, _ = add_authorization(self.conn, self.cipher, self.key_id, relays="[oops")
+        not_list, _ = add_authorization(self.conn, self.cipher, self.key_id, relays='{"a": 1}')
+        policy = add_policy(self.conn, "broken", [("content_filter", "not json")])
+        bad_policy, _ = add_authorization(self.conn, self.cipher, self.key_id, policy_id=policy)
+        wrong_same, _ = add_authorization(
+            self.conn, self.cipher, self.key_id, same_key_pubkey="ab" * 32
+        )
+        result = self.loader.load_all(self.conn, NOW)
+        self.assertEqual([a.id for a in result.authorizations], [good])
+        self.assertEqual(result.skipped, 4)
+        errors = self.errors()
+        for auth_id in (bad_relays, not_list, bad_policy, wrong_same):
+            self.assertTrue(
+                any(line.startswith(f"Skipping authorization {auth_id}:") for line in errors)
+            )
+
+    def test_undecryptable_key_is_lazy(self) -> None:
+        """A blob under another key loads fine and fails only on use, as KeyUnavailable."""
+        add_authorization(self.conn, new_cipher(), self.key_id)
+        (auth,) = self.loader.load_all(self.conn, NOW).authorizations
+        with self.assertRaises(KeyUnavailable):
+            auth.bunker_key.secret_key()
+
+
+class ReloadTests(LoaderTestBase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.auth_id, _ = add_authorization(self.conn, self.cipher, self.key_id)
+        self.seq = self.loader.load_all(self.conn, NOW).seq
+
+    def test_nothing_changed(self) -> None:
+        """No change: same seq, no work."""
+        self.assertEqual(self.loader.reload(self.conn, self.seq, NOW), (self.seq, [], []))
+
+    def test_burst_of_inserts_fully_seen(self) -> None:
+        """1,000 authorizations inserted between two polls all come back as upserts."""
+        key_id, _ = add_user_key(self.conn, self.cipher, "bob")
+        ids = {add_authorization(self.conn, self.cipher, key_id)[0] for _ in range(1000)}
+        new_seq, upserts, removals = self.loader.reload(self.conn, self.seq, NOW)
+        self.assertEqual({a.id for a in upserts}, ids)
+        self.assertEqual(removals, [])
+        self.assertEqual(self.loader.reload(self.conn, new_seq, NOW), (new_seq, [], []))
+
+    def test_revoked_and_expired_become_removals(self) -> None:
+        """A revoke and an expiry change are removals."""
+        other, _ = add_authorization(self.conn, self.cipher, self.key_id)
+        seq = self.loader.reload(self.conn, self.seq, NOW).new_seq
+        self.conn.execute(
+            "UPDATE authorizations SET revoked_at = ? WHERE id = ?", (NOW, self.auth_id)
+        )
+        self.conn.execute("UPDATE authorizations SET expires_at = ? WHERE id = ?", (NOW, other))
+        self.conn.commit()
+        _, upserts, removals = self.loader.reload(self.conn, seq, NOW)
+        self.assertEqual((upserts, sorted(removals)), ([], sorted([self.auth_id, other])))
+
+    def test_policy_change_is_reread(self) -> None:
+        """Changing a policy's permissions reloads its users with the new permissions."""
+        policy = add_policy(self.conn, "p", [("allowed_kinds", '{"allowed_kinds": [1]}')])
+        user, _ = add_authorization(self.conn, self.cipher, self.key_id, policy_id=policy)
+        seq = self.loader.reload(self.conn, self.seq, NOW).new_seq
+        self.conn.execute(
+            "UPDATE policy_permissions SET config = '{\"allowed_kinds\": [7]}' WHERE policy_id = ?",
+            (policy,),
+        )
+        self.conn.commit()
+        _, upserts, _ = self.loader.reload(self.conn, seq, NOW)
+        self.assertEqual([a.id for a in upserts], [user])
+        assert upserts[0].policy is not None
+        self.assertEqual(upserts[0].policy.permissions[0].config, {"allowed_kinds": [7]})
+
+    def test_row_turned_bad_is_removed(self) -> None:
+        """A row edited into something unservable is a removal, not a crash."""
+        self.conn.execute("UPDATE authorizations SET relays = 'nope' WHERE id = ?", (self.auth_id,))
+        self.conn.commit()
+        _, upserts, removals = self.loader.reload(self.conn, self.seq, NOW)
+        self.assertEqual((upserts, removals), ([], [self.auth_id]))
+        self.assertEqual(self.loader.skipped, 1)
+
+    def test_new_user_key_loaded(self) -> None:
+        """An authorization for a user key created after the full load is served."""
+        key_id, bob = add_user_key(self.conn, self.cipher, "bob")
+        add_authorization(self.conn, self.cipher, key_id)
+        _, (auth,), _ = self.loader.reload(self.conn, self.seq, NOW)
+        self.assertEqual(auth.user_pubkey, bob.pubkey_hex)
+
+
+class ExpiryQueueTests(LoaderTestBase):
+    def test_due_only_when_expired_and_current(self) -> None:
+        """Expired entries come out once; replaced or removed entries are ignored."""
+        soon, _ = add_authorization(self.conn, self.cipher, self.key_id, expires_at=NOW + 10)
+        later, _ = add_authorization(self.conn, self.cipher, self.key_id, expires_at=NOW + 100)
+        add_authorization(self.conn, self.cipher, self.key_id)
+        registry = Registry()
+        auths = self.loader.load_all(self.conn, NOW).authorizations
+        registry.replace_all(auths)
+        queue = ExpiryQueue()
+        queue.reset(auths)
+        self.assertEqual(len(queue), 2)
+        self.assertEqual(queue.due(registry, NOW + 9), [])
+        self.assertEqual(queue.due(registry, NOW + 10), [soon])
+        registry.remove(later)
+        self.assertEqual(queue.due(registry, NOW + 1000), [])
+        self.assertEqual(len(queue), 0)
