@@ -6,7 +6,7 @@ Nothing in the daemon configures logging; twistd does, with one of these observe
   and ``KEYCAST_LOG_LEVEL`` (debug|info|warn|error|critical) from the environment;
 * :func:`install_for_twistd`, called from the keycast ``Options.postOptions``, selects the same
   observer for the command-line ``--log-format``/``--log-level`` unless the operator chose
-  ``--logger`` or ``--syslog`` himself; a twistd ``--logfile`` is honoured (see
+  ``--logger`` or ``--syslog``; a twistd ``--logfile`` is honoured (see
   :class:`WatchedFile`);
 * :func:`make_observer` builds one explicitly (a .tac file, tests).
 
@@ -155,22 +155,27 @@ def journal_stream_matches(out: IO[Any], environ: Mapping[str, str]) -> bool:
     return announced == f"{info.st_dev}:{info.st_ino}"
 
 
-def text_formatter(*, journal: bool) -> Callable[[LogEvent], str | None]:
-    """Twisted's classic text lines, redacted, each line prefixed for journald if asked."""
+def format_text(event: LogEvent) -> str | None:
+    """Twisted's classic text line (continuation lines tab-indented), redacted."""
+    text = formatEventAsClassicLogText(event)
+    return None if text is None else redact(text)
 
-    def format_text(event: LogEvent) -> str | None:
-        text = formatEventAsClassicLogText(event)
+
+def with_journal_priority(
+    formatter: Callable[[LogEvent], str | None],
+) -> Callable[[LogEvent], str | None]:
+    """Prefix every output line with the event's sd-daemon priority (``<3>`` for errors...)."""
+
+    def prefixed(event: LogEvent) -> str | None:
+        text = formatter(event)
         if text is None:
             return None
-        text = redact(text)
-        if not journal:
-            return text
         prefix = _JOURNAL_PRIORITY.get(_level_of(event), "<6>")
         # Every physical line gets the prefix: journald files each line as its own entry, and a
         # traceback's lines must sort with the error that produced them.
         return "".join(prefix + line for line in text.splitlines(keepends=True))
 
-    return format_text
+    return prefixed
 
 
 def _rfc3339(timestamp: object) -> str:
@@ -274,10 +279,11 @@ def make_observer(
     threshold = parse_level(level)
     stream = cast(IO[Any], out if out is not None else sys.stdout)
     env = environ if environ is not None else os.environ
-    if format == "json":
-        formatter: Callable[[LogEvent], str | None] = format_json
-    else:
-        formatter = text_formatter(journal=journal_stream_matches(stream, env))
+    formatter: Callable[[LogEvent], str | None] = format_json if format == "json" else format_text
+    if journal_stream_matches(stream, env):
+        # JSON lines too: journald strips the prefix, so MESSAGE stays valid JSON while
+        # ``journalctl -p err`` still finds the errors.
+        formatter = with_journal_priority(formatter)
     return FilteringLogObserver(
         FileLogObserver(stream, formatter),
         [LogLevelFilterPredicate(defaultLogLevel=threshold)],

@@ -106,6 +106,16 @@ class TextObserverTests(SynchronousTestCase):
         self.assertGreater(len(lines), 3)
         self.assertTrue(all(line.startswith("<2>") for line in lines), lines)
 
+    def test_journal_json(self) -> None:
+        """JSON lines on the journal get the prefix too, leaving valid JSON after it."""
+        handle, environ = self.journal_file()
+        observer = make_observer("json", "info", out=handle, environ=environ)
+        emit(observer, log_format="bad", log_level=LogLevel.error)
+        handle.seek(0)
+        line = handle.read()
+        self.assertTrue(line.startswith("<3>{"))
+        self.assertEqual(orjson.loads(line[3:])["severity"], "ERROR")
+
     def test_journal_stream_of_another_file(self) -> None:
         """A JOURNAL_STREAM inherited from a parent but naming another file adds no prefix."""
         out = io.StringIO()
