@@ -295,6 +295,15 @@ class ClientTests(TestCase):
             self.assertEqual(run.exit_code, 2, run.report())
             self.assertEqual(run.steps, [])
 
+    async def test_clients_refuse_relays_off_loopback(self) -> None:
+        """A URI naming a relay off this machine is refused before any connection."""
+        require_tool("node-clients")
+        uri = f"bunker://{self.bunker}?relay=wss://relay.example.com"
+        for kind in CLIENT_KINDS:
+            run = await self.fx.run_client(kind, uri, [{"op": "connect"}])
+            self.assertEqual(run.exit_code, 2, run.report())
+            self.assertIn("not on loopback", run.report())
+
 
 class ProbeTests(TestCase):
     async def test_probe_refuses_other_hosts(self) -> None:

@@ -44,13 +44,26 @@ export function describeError (err) {
   return { error: String(err?.message ?? err), source: 'client' }
 }
 
+// The harness and the bench only ever talk to relays on this machine.
+const LOOPBACK = new Set(['127.0.0.1', 'localhost', '[::1]'])
+
 // Parse a bunker:// URI and open a signer with its own relay pool.  The pool
 // must be passed explicitly: nip46.js bundles a pool of its own that ignores
-// useWebSocketImplementation.
+// useWebSocketImplementation.  Relays off loopback are refused before any
+// connection is made.
 export async function openSigner (uri, { clientSecretHex } = {}) {
-  const pointer = await parseBunkerInput(uri)
+  const pointer = uri.startsWith('bunker://') ? await parseBunkerInput(uri) : null
   if (pointer === null) {
     throw new Error('not a bunker:// URI')
+  }
+  for (const relay of pointer.relays) {
+    let host
+    try {
+      host = new URL(relay).hostname
+    } catch {
+      throw new Error(`bad relay URL ${relay}`)
+    }
+    if (!LOOPBACK.has(host)) throw new Error(`relay ${relay} is not on loopback`)
   }
   const secretKey = clientSecretHex ? hexToBytes(clientSecretHex) : generateSecretKey()
   const pool = new SimplePool()

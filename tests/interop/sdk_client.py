@@ -29,7 +29,7 @@ import sys
 import time
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from nostr_sdk import (
     Keys,
@@ -49,6 +49,8 @@ SUPPORTED = frozenset(
     {"connect", "get_public_key", "sign_event", "nip44_roundtrip", "nip04_roundtrip"}
 )
 UNSUPPORTED = frozenset({"ping", "switch_relays", "logout", "request"})
+# The harness only ever talks to relays on this machine.
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 class UsageError(Exception):
@@ -186,6 +188,10 @@ def describe(error: BaseException) -> dict[str, str]:
 
 async def run_scenario(args: argparse.Namespace) -> bool:
     """Run every step, printing one line each; True when all succeeded."""
+    parts = urlsplit(args.uri)
+    for relay in parse_qs(parts.query).get("relay", []):
+        if urlsplit(relay).hostname not in LOOPBACK:
+            raise UsageError(f"relay {relay} is not on loopback")
     try:
         uri = NostrConnectUri.parse(args.uri)
         keys = Keys.parse(args.client_secret) if args.client_secret else Keys.generate()
@@ -197,7 +203,7 @@ async def run_scenario(args: argparse.Namespace) -> bool:
         {
             "event": "start",
             "client_pubkey": keys.public_key().to_hex(),
-            "bunker_pubkey": urlsplit(args.uri).netloc,
+            "bunker_pubkey": parts.netloc,
             "relays": [str(r) for r in client.relays()],
         }
     )
