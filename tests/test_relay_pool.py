@@ -310,6 +310,19 @@ class InboundTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
         self.assertEqual(h.pool.connected_count(), 1)
 
+    def test_owner_failure_fenced_in_protocol(self) -> None:
+        """A bug in the per-relay owner is logged by the protocol, not raised into Autobahn."""
+        h = Harness(self)
+        server = h.connect()
+
+        def boom(*args: object) -> None:
+            raise RuntimeError("owner bug")
+
+        h.pool._relays[A].ws_message = boom  # type: ignore[method-assign]
+        h.send(server, "NOTICE", "hello")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(h.pool.connected_count(), 1)
+
     def test_notice_and_closed_counted(self) -> None:
         """NOTICE and CLOSED are counted in status; a CLOSED subscription is no longer live."""
         h = Harness(self)

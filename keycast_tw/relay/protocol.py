@@ -31,33 +31,37 @@ class RelayConnectionOwner(Protocol):
     ) -> None: ...
 
 
+#: Module-level on purpose: Autobahn's protocol uses ``self.log`` (a txaio logger) internally,
+#: and a class attribute here would shadow it.
+log = Logger()
+
+
 class RelayClientProtocol(WebSocketClientProtocol):
-    log = Logger()
     owner: RelayConnectionOwner
     opened = False
 
     def onOpen(self) -> None:
         self.opened = True
-        with self.log.failuresHandled("Relay owner failed on open"):
+        with log.failuresHandled("Relay owner failed on open"):
             self.owner.ws_open(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        with self.log.failuresHandled("Relay owner failed on a message"):
+        with log.failuresHandled("Relay owner failed on a message"):
             self.owner.ws_message(self, payload, isBinary)
 
     def onAutoPong(self, *args: Any) -> None:
-        with self.log.failuresHandled("Relay owner failed on a pong"):
+        with log.failuresHandled("Relay owner failed on a pong"):
             self.owner.ws_alive(self)
 
     def _max_message_size_exceeded(self, msg_size: int, max_msg_size: int, reason: str) -> None:
         # Autobahn's documented hook for maxMessagePayloadSize; it then drops the connection
         # (close code 1006 locally), so this is the only place that knows why.
-        with self.log.failuresHandled("Relay owner failed on an oversize message"):
+        with log.failuresHandled("Relay owner failed on an oversize message"):
             self.owner.ws_oversize(self, msg_size)
         super()._max_message_size_exceeded(msg_size, max_msg_size, reason)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        with self.log.failuresHandled("Relay owner failed on close"):
+        with log.failuresHandled("Relay owner failed on close"):
             self.owner.ws_closed(self, self.opened, code, reason)
 
     def send_text(self, payload: bytes) -> bool:
