@@ -1,0 +1,310 @@
+"""StoreService: opens the database, checks the master key, loads the registry, keeps it current.
+
+All I/O happens after startService, on the single database thread: twistd may fork after
+makeService, and a blocking open on the reactor would stall health checks. ``ready`` fires once
+the registry holds every live authorization (or fails with a StoreError whose message is the
+one line to print). After that, timers on the injected clock run the incremental reload, the
+expiry sweep, the replay-window pruning and a periodic full reconcile (the safety net for rows
+deleted outright, which leave no change_seq behind).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.enterprise.adbapi import ConnectionPool
+from twisted.internet.defer import Deferred, DeferredLock, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from keycast_tw.signer.model import OAUTH, REGULAR, Authorization
+from keycast_tw.signer.registry import Registry
+from keycast_tw.store.crypto import SecretCipher, open_cipher
+from keycast_tw.store.db import BUSY_TIMEOUT_MS, connection_init, database_uri, prepare_database
+from keycast_tw.store.expiry import ExpiryQueue
+from keycast_tw.store.kms import GcpKms
+from keycast_tw.store.loader import AuthorizationLoader
+from keycast_tw.store.runner import DB_TIMEOUT, PoolRunner, Runner
+from keycast_tw.store.signer_store import SqliteSignerStore
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadInfo:
+    """The outcome of the last reload or reconcile, for /status."""
+
+    at: float
+    kind: str  # "reload" | "reconcile" | "load"
+    seq: int
+    upserts: int
+    removals: int
+    skipped: int
+    seconds: float
+    error: str | None = None
+
+
+class StoreService(Service):
+    """The ``store`` child of the daemon's MultiService (DESIGN §3)."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        database_path: str,
+        registry: Registry,
+        reactor: Any,
+        master_key_path: str | None = None,
+        kms: GcpKms | None = None,
+        create: bool = False,
+        reload_interval: float | None = 0.5,
+        sweep_interval: float | None = 30.0,
+        reconcile_interval: float | None = 3600.0,
+        prune_interval: float | None = 300.0,
+        replay_window: int = 600,
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+        runner_factory: Callable[[StoreService], Runner] | None = None,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.database_path = database_path
+        self.registry = registry
+        self._reactor = reactor
+        self._clock: IReactorTime = reactor
+        self._master_key_path = master_key_path
+        self._kms = kms
+        self._create = create
+        self._intervals = (reload_interval, sweep_interval, reconcile_interval, prune_interval)
+        self._replay_window = replay_window
+        self._busy_timeout_ms = busy_timeout_ms
+        self._runner_factory = runner_factory or _pool_runner
+        self._now = now
+        self._pool: ConnectionPool | None = None
+        self._runner: Runner | None = None
+        self._loader: AuthorizationLoader | None = None
+        self._expiry = ExpiryQueue()
+        self._lock = DeferredLock()
+        self._loops: list[LoopingCall] = []
+        self._seq = 0
+        self.cipher: SecretCipher | None = None
+        self.ready: Deferred[None] = Deferred()
+        self.last_reload: ReloadInfo | None = None
+        self.store = SqliteSignerStore(self._run, clock=self._clock)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        self._runner = self._runner_factory(self)
+        self._starting = Deferred.fromCoroutine(self._start())
+        self._starting.addErrback(self._failed_start)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()  # type: ignore[no-untyped-call]
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops = []
+        d = self.store.stop() if self._runner is not None else succeed(None)
+        d.addErrback(lambda _: None)
+        d.addBoth(lambda _: self._close_pool())
+        return d
+
+    def open_pool(self) -> ConnectionPool:
+        """The adbapi pool: one thread, one connection, created at start (never in makeService)."""
+        pool = ConnectionPool(  # type: ignore[no-untyped-call]
+            "sqlite3",
+            database_uri(self.database_path, create=self._create),
+            uri=True,
+            check_same_thread=False,
+            cp_min=1,
+            cp_max=1,
+            cp_openfun=functools.partial(connection_init, busy_timeout_ms=self._busy_timeout_ms),
+            cp_reactor=self._reactor,
+        )
+        self._pool = pool
+        return pool
+
+    def _close_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.close()  # type: ignore[no-untyped-call]
+            self._pool = None
+
+    def _run(self, fn: Callable[..., Any], *args: Any, timeout: float | None = DB_TIMEOUT) -> Any:
+        if self._runner is None:
+            raise RuntimeError("the store has not started")
+        return self._runner(fn, *args, timeout=timeout)
+
+    async def _start(self) -> None:
+        if self._create:
+            os.makedirs(os.path.dirname(os.path.abspath(self.database_path)), exist_ok=True)
+        await self._run(prepare_database, self.database_path, timeout=None)
+        self.log.info("Database initialized")
+        self.cipher = await open_cipher(
+            functools.partial(self._run, timeout=None),
+            master_key_path=self._master_key_path,
+            kms=self._kms,
+        )
+        self._loader = AuthorizationLoader(self.cipher)
+        await self.reconcile()
+        reload_interval, sweep_interval, reconcile_interval, prune_interval = self._intervals
+        self._every(reload_interval, self.reload)
+        self._every(sweep_interval, self.sweep_expired)
+        self._every(reconcile_interval, self.reconcile)
+        self._every(prune_interval, self.prune_seen_requests)
+        self.ready.callback(None)
+
+    def _failed_start(self, failure: Failure) -> None:
+        self.ready.errback(failure)
+
+    def _every(self, interval: float | None, work: Callable[[], object]) -> None:
+        if interval is None:
+            return
+        loop = LoopingCall(_never_fails(work))
+        loop.clock = self._clock
+        loop.start(interval, now=False)
+        self._loops.append(loop)
+
+    # -- keeping the registry current --------------------------------------------------------
+
+    def reload(self) -> Deferred[ReloadInfo]:
+        """Apply what changed since the last reload (O(changes)); serialised with reconcile."""
+        return self._lock.run(lambda: Deferred.fromCoroutine(self._reload()))
+
+    def reconcile(self) -> Deferred[ReloadInfo]:
+        """Reload everything and swap the registry content (start-up, periodic safety net)."""
+        return self._lock.run(lambda: Deferred.fromCoroutine(self._reconcile()))
+
+    async def _reload(self) -> ReloadInfo:
+        loader = self._require_loader()
+        started = self._now()
+        try:
+            result = await self._run(loader.reload, self._seq, int(started))
+        except Exception as error:
+            return self._record(ReloadInfo(started, "reload", self._seq, 0, 0, 0, 0.0, str(error)))
+        if result.upserts or result.removals:
+            self.registry.update(_merge_sessions(self.registry, result.upserts), result.removals)
+            self._expiry.track(result.upserts)
+        self._seq = result.new_seq
+        return self._record(
+            ReloadInfo(
+                started,
+                "reload",
+                result.new_seq,
+                len(result.upserts),
+                len(result.removals),
+                loader.skipped,
+                self._now() - started,
+            )
+        )
+
+    async def _reconcile(self) -> ReloadInfo:
+        loader = self._require_loader()
+        started = self._now()
+        first = self.last_reload is None
+        result = await self._run(loader.load_all, int(started), timeout=None)
+        auths = (
+            result.authorizations
+            if first
+            else _merge_sessions(self.registry, result.authorizations)
+        )
+        self.registry.replace_all(auths)
+        self._expiry.reset(auths)
+        self._seq = result.seq
+        counts = self.registry.counts()
+        self.log.info(
+            "Loaded {total} total authorizations ({regular} regular + {oauth} OAuth)",
+            total=len(self.registry),
+            regular=counts.get(REGULAR, 0),
+            oauth=counts.get(OAUTH, 0),
+        )
+        return self._record(
+            ReloadInfo(
+                started,
+                "load" if first else "reconcile",
+                result.seq,
+                len(auths),
+                0,
+                result.skipped,
+                self._now() - started,
+            )
+        )
+
+    def sweep_expired(self) -> list[int]:
+        """Drop authorizations whose expires_at has passed from the registry."""
+        expired = self._expiry.due(self.registry, self._now())
+        if expired:
+            self.registry.update([], expired)
+            self.log.info("Removed {count} expired authorizations", count=len(expired))
+        return expired
+
+    def prune_seen_requests(self) -> Deferred[int]:
+        """Forget replay claims older than twice the created_at window."""
+        return self.store.prune_seen_requests(int(self._now()) - 2 * self._replay_window)
+
+    def _record(self, info: ReloadInfo) -> ReloadInfo:
+        if info.error is not None and (self.last_reload is None or self.last_reload.error is None):
+            self.log.error("Reload failed: {error}", error=info.error)
+        elif info.error is None and self.last_reload is not None and self.last_reload.error:
+            self.log.info("Reload recovered")
+        if info.error is None and info.kind == "reload" and (info.upserts or info.removals):
+            self.log.info(
+                "Reloaded authorizations: {upserts} added or changed, {removals} removed",
+                upserts=info.upserts,
+                removals=info.removals,
+            )
+        self.last_reload = info
+        return info
+
+    def _require_loader(self) -> AuthorizationLoader:
+        if self._loader is None:
+            raise RuntimeError("the store has not loaded its master key yet")
+        return self._loader
+
+
+def _pool_runner(service: StoreService) -> Runner:
+    return PoolRunner(
+        service.open_pool(),
+        service.database_path,
+        clock=service._clock,
+        busy_timeout_ms=service._busy_timeout_ms,
+    )
+
+
+def _merge_sessions(registry: Registry, auths: list[Authorization]) -> list[Authorization]:
+    """Keep sessions the engine recorded in memory while the rows were being read.
+
+    The engine updates Authorization.sessions first and persists afterwards, so a reload that
+    read the row just before the write would otherwise forget a client that just connected.
+    Memory wins for clients it knows; the database adds clients written by other processes.
+    """
+    for auth in auths:
+        old = registry.by_id(auth.id)
+        if old is not None and old.sessions:
+            auth.sessions = {**(auth.sessions or {}), **old.sessions}
+    return auths
+
+
+def _never_fails(work: Callable[[], object]) -> Callable[[], Deferred[None]]:
+    """A LoopingCall stops on the first failure; log it and keep the timer alive."""
+    log = Logger()
+
+    def run() -> Deferred[None]:
+        d: Deferred[Any] = Deferred()
+        d.addCallback(lambda _: work())
+        d.addErrback(
+            lambda failure: log.error(
+                "Periodic store task failed: {error}", error=failure.getErrorMessage()
+            )
+        )
+        d.addCallback(lambda _: None)
+        d.callback(None)
+        return d
+
+    return run
