@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from keycast_tw.relay import messages
@@ -164,6 +165,6 @@ class EndpointTests(SynchronousTestCase):
 
     def test_plain_ws_is_tcp(self) -> None:
         """ws:// is a plain HostnameEndpoint; wss:// wraps it in TLS."""
-        clock = Clock()
-        self.assertIsInstance(endpoint_for_url(clock, "ws://relay:80"), HostnameEndpoint)
-        self.assertNotIsInstance(endpoint_for_url(clock, "wss://relay"), HostnameEndpoint)
+        reactor = MemoryReactorClock()
+        self.assertIsInstance(endpoint_for_url(reactor, "ws://relay:80"), HostnameEndpoint)
+        self.assertNotIsInstance(endpoint_for_url(reactor, "wss://relay"), HostnameEndpoint)

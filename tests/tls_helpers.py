@@ -10,7 +10,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
 from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLContextFactory
+from zope.interface import implementer
 
 
 @dataclass(frozen=True)
@@ -102,5 +105,18 @@ def trust_root(ca: Issued) -> ssl.Certificate:
     return ssl.Certificate.loadPEM(ca.cert_pem)
 
 
-def server_options(server: Issued) -> ssl.CertificateOptions:
-    return ssl.PrivateCertificate.loadPEM(server.key_pem + server.cert_pem).options()
+@implementer(IOpenSSLContextFactory)
+class ServerContext:
+    """A server ContextFactory built from cryptography objects (no deprecated PKey/X509)."""
+
+    def __init__(self, server: Issued) -> None:
+        self._context = SSL.Context(SSL.TLS_SERVER_METHOD)
+        self._context.use_certificate(server.cert)
+        self._context.use_privatekey(server.key)
+
+    def getContext(self) -> SSL.Context:
+        return self._context
+
+
+def server_options(server: Issued) -> ServerContext:
+    return ServerContext(server)
