@@ -298,9 +298,19 @@ class ConfigTests(SynchronousTestCase):
     def test_install_with_logfile(self) -> None:
         """A twistd --logfile gets our format, written through a WatchedFile."""
         path = self.mktemp()
+        opened: list[WatchedFile] = []
+
+        class ClosedAfterTest(WatchedFile):
+            def __init__(self, path: str) -> None:
+                super().__init__(path)
+                opened.append(self)
+
+        self.patch(logs, "WatchedFile", ClosedAfterTest)
+        self.addCleanup(lambda: [f.close() for f in opened])
         options = {"logfile": path, "nodaemon": True}
         install_for_twistd(options, format="json", level="info")
         observer = logs.observer()
+        self.assertEqual(len(opened), 1)
         emit(observer, log_format="to file")
         with open(path, encoding="utf-8") as handle:
             self.assertEqual(orjson.loads(handle.read())["message"], "to file")
