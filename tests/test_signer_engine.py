@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from twisted.internet.defer import Deferred, fail
 from twisted.trial.unittest import SynchronousTestCase
 
 from keycast_tw.nostr import nip44, nip46
@@ -320,6 +321,54 @@ class KeyTests(SynchronousTestCase):
         outcome = world.handle(world.client().request("ping", created_at=world.clock.seconds()))
         self.assertEqual((outcome.outcome, outcome.reason), ("error", "internal error"))
         self.assertTrue(any("log_failure" in event for event in world.events))
+
+
+class RobustnessTests(SynchronousTestCase):
+    def test_non_mapping_event_ignored(self) -> None:
+        """Something that is not an event object is ignored, not an exception."""
+        world = World(self)
+        for junk in (None, [], "event", 5):
+            outcome = self.successResultOf(world.engine.handle_event(junk))  # type: ignore[arg-type]
+            self.assertEqual(outcome.outcome, "ignored")
+
+    def test_claim_failure_executes_nothing(self) -> None:
+        """If the store cannot claim the event, it is not executed (no at-most-once otherwise)."""
+        world = World(self)
+        client = world.connected_client()
+        world.store.claim_request = lambda *args: fail(OSError("db locked"))  # type: ignore[method-assign]
+        note = orjson.dumps({"kind": 1, "content": "x", "tags": []}).decode()
+        outcome = world.handle(
+            client.request("sign_event", [note], created_at=world.clock.seconds())
+        )
+        self.assertEqual(
+            (outcome.outcome, outcome.reason, outcome.response),
+            ("error", "store unavailable", None),
+        )
+        self.assertTrue(any("log_failure" in event for event in world.events))
+
+    def test_malformed_requests_are_rate_limited(self) -> None:
+        """Malformed requests count against the client's rate limit too."""
+        world = World(self, config=EngineConfig(rate_per_second=1, rate_burst=1))
+        client = world.client()
+        body = orjson.dumps({"id": "m", "method": 7}).decode()
+        errors = []
+        for _ in range(2):
+            event = client.request("", created_at=world.clock.seconds(), plaintext=body)
+            errors.append(client.read(world.handle(event).response, event).error)
+        self.assertEqual(errors[1], "rate-limited: slow down")
+
+    def test_authorization_removed_while_claiming(self) -> None:
+        """An authorization removed while its request was in flight answers "revoked"."""
+        world = World(self)
+        client = world.connected_client()
+        pending: Deferred[bool] = Deferred()
+        world.store.claim_request = lambda *args: pending  # type: ignore[method-assign]
+        request = client.request("get_public_key", created_at=world.clock.seconds())
+        result = world.engine.handle_event(request)
+        world.registry.remove(world.auth.id)
+        pending.callback(True)
+        response = client.read(self.successResultOf(result).response, request)
+        self.assertEqual(response.error, "authorization revoked")
 
 
 class RegistryChangeTests(SynchronousTestCase):

@@ -178,7 +178,7 @@ class Engine:
 
     def handle_event(self, event: Mapping[str, Any]) -> Deferred[Outcome]:
         """Handle one relay event; fires with its Outcome and never fails."""
-        if event.get("kind") != KIND:
+        if not isinstance(event, Mapping) or event.get("kind") != KIND:
             return succeed(Outcome(None, None, None, None, IGNORED, "not kind 24133"))
         registry = self._registry
         auth = None
@@ -248,7 +248,15 @@ class Engine:
                 reason=opened.reason,
             )
             return Outcome(None, bunker, client, None, IGNORED, opened.reason)
-        if not await self._store.claim_request(event_id, created_at):
+        try:
+            claimed = await self._store.claim_request(event_id, created_at)
+        except Exception:
+            # Without the claim, at-most-once cannot be guaranteed: do not execute.
+            self.log.failure(
+                "Could not claim NIP-46 event for bunker {bunker}", bunker=_short(bunker)
+            )
+            return Outcome(None, bunker, client, None, ERROR, "store unavailable")
+        if not claimed:
             self.log.debug(
                 "Ignoring duplicate NIP-46 event for bunker {bunker}", bunker=_short(bunker)
             )
@@ -283,18 +291,21 @@ class Engine:
                 return Outcome(None, bunker, client, None, ERROR, opened.reason)
             request_id = opened.malformed_id
             method = None
-            work = _refusal(opened.reason)
         else:
             request_id = request.id
             method = request.method if request.method in KNOWN_METHODS else "unsupported"
             self.log.info("Processing NIP-46 method: {method}", method=method)
-            # The registry may have changed while the claim or the crypto was in flight.
-            current = self._registry.get(bunker)
-            if current is None:
-                work = _refusal(REVOKED)
-            else:
-                auth = current
-                work = await self._dispatch(auth, client, request)
+        # The registry may have changed while the claim or the crypto was in flight.
+        current = self._registry.get(bunker)
+        if not self._limiter.allow(client, self._now()):
+            work = _refusal(RATE_LIMITED)
+        elif current is None:
+            work = _refusal(REVOKED)
+        elif request is None:
+            work = _refusal(opened.reason)
+        else:
+            auth = current
+            work = await self._dispatch(auth, client, request)
         now = int(self._now())
         try:
             replied = await self._run(
@@ -339,10 +350,12 @@ class Engine:
         return Outcome(replied.response, bunker, client, method, ERROR, error)
 
     async def _dispatch(self, auth: Authorization, client: str, request: nip46.Request) -> _Work:
-        """Decide on a request (reactor thread): refuse it, answer it, or plan its crypto."""
+        """Decide on a request (reactor thread): refuse it, answer it, or plan its crypto.
+
+        Expired and revoked authorizations refuse every method, ping included: a client that
+        pings to check its connection should learn that it is gone, not get a cheerful pong.
+        """
         now = self._now()
-        if not self._limiter.allow(client, now):
-            return _refusal(RATE_LIMITED)
         if not auth.is_live(now):
             return _refusal(REVOKED if auth.revoked_at is not None else EXPIRED)
         method = request.method
@@ -515,8 +528,10 @@ def _reply(
     result: MethodResult | None = None
     error: str | None = None
     failure: Failure | None = None
+    body: str | None = None
     try:
         result = run()
+        body = nip46.response_json(request_id, result.value)
     except Refused as refused:
         error = refused.reason
     except KeyUnavailable:
@@ -524,9 +539,8 @@ def _reply(
     except Exception:
         failure = Failure()  # type: ignore[no-untyped-call]
         error = INTERNAL_ERROR
-    if result is not None:
-        body = nip46.response_json(request_id, result.value)
-    else:
+    if body is None:
+        result = None
         body = nip46.error_json(request_id, error or INTERNAL_ERROR)
     try:
         content = _encrypt(body, transport_key, legacy)
