@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from unittest import SkipTest
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -19,7 +21,7 @@ from keycast_tw.nostr.keys import (
     schnorr_verify,
 )
 from tests.strategies import CURVE_ORDER, private_keys
-from tests.vectors import load_csv, load_json
+from tests.vectors import VECTORS_DIR, load_csv, load_json, vector_path
 
 SEC = bytes.fromhex("67dea2ed018072d675f5415ecfaed7d2597555e202d85b3d65ea4e58d2d92ffa")
 PUB_HEX = "7e7e9c42a91bfef19fa929e5fda1b72e0ebc1a4c1141673e2794234d86addf4e"
@@ -256,3 +258,21 @@ class ParsePubkeyTests(SynchronousTestCase):
         ):
             with self.assertRaises(InvalidKey):
                 parse_pubkey(bad)
+
+
+class VectorLoaderTests(SynchronousTestCase):
+    """tests/vectors.py skips locally but fails under CI when the shared vectors are missing."""
+
+    def test_found(self) -> None:
+        """An existing file resolves inside ../shared/vectors."""
+        self.assertEqual(vector_path("nip44.vectors.json"), VECTORS_DIR / "nip44.vectors.json")
+
+    def test_missing_skips_locally(self) -> None:
+        """Without CI=true a missing folder skips the test with the path in the reason."""
+        with self.assertRaisesRegex(SkipTest, "no-such-dir"):
+            vector_path("x.json", directory=Path("/no-such-dir"), environ={})
+
+    def test_missing_fails_in_ci(self) -> None:
+        """Under CI=true a missing folder is an error, so CI cannot pass by skipping."""
+        with self.assertRaises(FileNotFoundError):
+            vector_path("x.json", directory=Path("/no-such-dir"), environ={"CI": "true"})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from unittest import SkipTest
@@ -16,12 +17,14 @@ from unittest import SkipTest
 VECTORS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
 
 
-def vector_path(name: str) -> Path:
+def vector_path(
+    name: str, *, directory: Path = VECTORS_DIR, environ: Mapping[str, str] = os.environ
+) -> Path:
     """The path of one vector file; SkipTest (or, under CI, FileNotFoundError) when absent."""
-    path = VECTORS_DIR / name
+    path = directory / name
     if not path.is_file():
         reason = f"test vectors not found at {path} (expected ../shared/vectors beside the repo)"
-        if os.environ.get("CI") == "true":
+        if environ.get("CI") == "true":
             raise FileNotFoundError(reason)
         raise SkipTest(reason)
     return path
