@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -225,6 +226,14 @@ class RelayTests(TestCase):
         closed = await probe.expect(lambda m: m[:2] == ["CLOSED", "s"])
         self.assertTrue(closed[2].startswith("auth-required"), closed)
 
+    async def test_nostr_relay_auth(self) -> None:
+        """nostr-relay with auth=True sends a NIP-42 challenge as soon as a client connects."""
+        require_tool("nostr-relay")
+        relay = await self.fx.nostr_relay(auth=True)
+        probe = await self.fx.probe(relay.url)
+        challenge = await probe.expect(lambda m: m[0] == "AUTH")
+        self.assertIsInstance(challenge[1], str)
+
 
 class ClientTests(TestCase):
     """Both NIP-46 clients put a well-formed connect request on the relay."""
@@ -303,6 +312,38 @@ class ClientTests(TestCase):
             run = await self.fx.run_client(kind, uri, [{"op": "connect"}])
             self.assertEqual(run.exit_code, 2, run.report())
             self.assertIn("not on loopback", run.report())
+
+
+class BenchDriverTests(TestCase):
+    """bench/roundtrip.mjs refuses unbounded or off-machine runs before sending anything."""
+
+    async def run_bench(self, *args: str) -> tuple[int | None, str]:
+        require_tool("node-clients")
+        node = shutil.which("node")
+        assert node is not None
+        fx = InteropFixture(self)
+        process = fx.spawn("bench", [node, str(REPO / "bench" / "roundtrip.mjs"), *args])
+        code = await process.wait_exit()
+        return code, "\n".join(process.lines)
+
+    async def test_requires_a_uri(self) -> None:
+        """Without --uri the driver exits 2 with a usage message."""
+        code, output = await self.run_bench()
+        self.assertEqual(code, 2, output)
+        self.assertIn("--uri", output)
+
+    async def test_rejects_a_non_positive_bound(self) -> None:
+        """A zero request count is refused rather than treated as unbounded."""
+        code, output = await self.run_bench("--uri", "bunker://x", "--requests", "0")
+        self.assertEqual(code, 2, output)
+        self.assertIn("--requests", output)
+
+    async def test_refuses_relays_off_loopback(self) -> None:
+        """A bunker URI naming a remote relay is refused before any connection."""
+        uri = f"bunker://{new_pubkey()}?relay=wss://relay.example.com"
+        code, output = await self.run_bench("--uri", uri)
+        self.assertEqual(code, 1, output)
+        self.assertIn("not on loopback", output)
 
 
 class ProbeTests(TestCase):
