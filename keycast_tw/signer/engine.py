@@ -314,6 +314,19 @@ class Engine:
         except Exception:
             self.log.failure("NIP-46 reply for bunker {bunker} failed", bunker=_short(bunker))
             return Outcome(None, bunker, client, method, ERROR, INTERNAL_ERROR)
+        return self._finish(auth, client, method, work, replied, now)
+
+    def _finish(
+        self,
+        auth: Authorization,
+        client: str,
+        method: str | None,
+        work: _Work,
+        replied: _Replied,
+        now: int,
+    ) -> Outcome:
+        """Book-keeping once the reply is built: key cache, error logs, activity log."""
+        bunker = auth.bunker_pubkey
         if replied.failure is not None:
             self.log.failure(
                 "NIP-46 method {method} failed for bunker {bunker}",
