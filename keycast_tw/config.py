@@ -26,6 +26,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
 from twisted.logger import InvalidLogLevelError, LogLevel
 
+from keycast_tw.store.kms import DEFAULT_API_BASE, kms_key_name
+
 __all__ = [
     "OPTIONS",
     "ConfigError",
@@ -89,7 +91,6 @@ class OptionSpec:
 
 
 DEFAULT_RELAYS = ("wss://relay.damus.io", "wss://nos.lol", "wss://relay.nsec.app")
-DEFAULT_KMS_API_BASE = "https://cloudkms.googleapis.com"
 
 OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec(
@@ -104,7 +105,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec(
         "relay", ("KEYCAST_RELAYS", "BUNKER_RELAYS"), ",".join(DEFAULT_RELAYS),
         "relay to listen and answer on, ws:// or wss:// (repeat the option; env: comma list)",
-        "URL", repeatable=True, cli=True,
+        "URL", repeatable=True,
     ),
     OptionSpec(
         "health", ("KEYCAST_HEALTH", "PORT"), "tcp:8080:interface=127.0.0.1",
@@ -142,7 +143,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "kms-key-name", ("GCP_KMS_KEY_NAME",), "master-key", "KMS crypto key", "KEY", cli=True,
     ),
     OptionSpec(
-        "kms-api-base", ("KEYCAST_KMS_API_BASE",), DEFAULT_KMS_API_BASE,
+        "kms-api-base", ("KEYCAST_KMS_API_BASE",), DEFAULT_API_BASE,
         "base URL of the Cloud KMS REST API (tests, private endpoints)", "URL", cli=True,
     ),
     OptionSpec(
@@ -229,15 +230,12 @@ class KmsConfig:
     location: str = "global"
     key_ring: str = "keycast-keys"
     key_name: str = "master-key"
-    api_base: str = DEFAULT_KMS_API_BASE
+    api_base: str = DEFAULT_API_BASE
 
     @property
-    def resource_name(self) -> str:
-        """``projects/P/locations/L/keyRings/R/cryptoKeys/K``, the name the KMS API takes."""
-        return (
-            f"projects/{self.project_id}/locations/{self.location}"
-            f"/keyRings/{self.key_ring}/cryptoKeys/{self.key_name}"
-        )
+    def key_resource(self) -> str:
+        """The crypto key's resource name, as keycast_tw.store.kms.GcpKms takes it."""
+        return kms_key_name(self.project_id, self.location, self.key_ring, self.key_name)
 
 
 @dataclass(frozen=True, slots=True)

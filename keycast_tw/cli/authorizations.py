@@ -1,0 +1,159 @@
+"""``keycast authorize``, ``authorizations`` and ``revoke``: who may use which key, and how.
+
+``authorize`` prints the bunker:// URI exactly once: the database keeps only a hash of its
+connect secret, so neither ``authorizations`` nor anything else can show it again.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict
+
+import segno
+
+from keycast_tw.cli.context import EXIT_OK, EXIT_USAGE, CliError, Context
+from keycast_tw.cli.output import short, timestamp
+from keycast_tw.cli.when import parse_when
+from keycast_tw.nostr.nip19 import encode_npub
+from keycast_tw.store import admin
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser],
+             common: argparse.ArgumentParser) -> None:
+    authorize = commands.add_parser(
+        "authorize", parents=[common], help="let a client use a key; prints a bunker:// URI",
+        description="Create an authorization for KEY (a key name, id or npub) and print its "
+        "bunker:// URI. Give the URI to the client; it holds the connect secret and is shown "
+        "only now.",
+        epilog="WHEN is a duration from now (30d, 12h, 1w, 1d12h) or an ISO-8601 date/time "
+        "(2030-01-31, 2030-01-31T18:00:00+02:00; UTC when no zone is given).",
+    )
+    authorize.add_argument("key", metavar="KEY", help="key name, id, npub or hex pubkey")
+    authorize.add_argument(
+        "--relay", metavar="URL", action="append", dest="uri_relays",
+        help="relay to advertise in the URI (repeatable) [default: the daemon's relays]",
+    )
+    authorize.add_argument("--policy", metavar="NAME", help="restrict clients to this policy")
+    authorize.add_argument(
+        "--max-uses", metavar="N", type=_max_uses, default=1,
+        help="how many distinct clients may connect with the URI, or 'unlimited' [default 1]",
+    )
+    authorize.add_argument("--expires", metavar="WHEN", help="stop serving it at WHEN")
+    authorize.add_argument("--label", metavar="TEXT", help="a note shown in listings")
+    authorize.add_argument(
+        "--same-key", action="store_true",
+        help="use the user key as the bunker key (for old clients that assume they are equal)",
+    )
+    authorize.add_argument("--qr", action="store_true", help="also draw the URI as a QR code")
+    authorize.set_defaults(handler=authorize_key)
+
+    listing = commands.add_parser(
+        "authorizations", parents=[common], help="list authorizations and their status",
+    )
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(handler=list_authorizations)
+
+    revoke = commands.add_parser(
+        "revoke", parents=[common], help="stop serving an authorization",
+        description="Revoke authorization ID. A running daemon stops answering its clients "
+        "within one reload interval. Revoking twice is harmless.",
+    )
+    revoke.add_argument("id", metavar="ID", type=int, help="the authorization's id")
+    revoke.set_defaults(handler=revoke_authorization)
+
+
+def _max_uses(text: str) -> int | None:
+    if text.lower() in ("unlimited", "none"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number or 'unlimited'")
+    return value
+
+
+def authorize_key(ctx: Context, args: argparse.Namespace) -> int:
+    expires_at = None
+    if args.expires is not None:
+        try:
+            expires_at = parse_when(args.expires, ctx.clock())
+        except ValueError as error:
+            raise CliError(f"--expires: {error}", EXIT_USAGE) from None
+    relays = args.uri_relays or list(ctx.config.relays)
+    for url in relays:
+        if url not in ctx.config.relays:
+            ctx.warn(
+                f"warning: {url} is not one of the daemon's relays (--relay/KEYCAST_RELAYS): "
+                "the daemon will not hear requests sent there"
+            )
+    conn = ctx.database()
+    info, uri = admin.authorize(
+        conn,
+        ctx.cipher(),
+        args.key,
+        relays,
+        policy=args.policy,
+        max_uses=args.max_uses,
+        expires_at=expires_at,
+        label=args.label,
+        same_key=args.same_key,
+        clock=ctx.clock,
+    )
+    uses = "unlimited" if info.max_uses is None else str(info.max_uses)
+    ctx.out(f"Authorization #{info.id} for key {info.key_name!r} ({encode_npub(info.user_pubkey)})")
+    ctx.out(f"  bunker pubkey: {info.bunker_pubkey}{' (the user key)' if info.same_key else ''}")
+    ctx.out(f"  relays: {', '.join(info.relays)}")
+    ctx.out(
+        f"  policy: {info.policy or 'none'}; max uses: {uses}; "
+        f"expires: {timestamp(info.expires_at, empty='never')}"
+    )
+    ctx.out("Give this URI to the client. It holds the connect secret and is shown only now:")
+    uri_text = uri.to_string()
+    ctx.out(uri_text)
+    if args.qr:
+        segno.make(uri_text, error="m").terminal(out=ctx.stdout, compact=True)
+    return EXIT_OK
+
+
+def list_authorizations(ctx: Context, args: argparse.Namespace) -> int:
+    infos = admin.list_authorizations(ctx.database(), clock=ctx.clock)
+    rows = [
+        (
+            info.id,
+            info.status,
+            info.key_name,
+            "(user key)" if info.same_key else short(info.bunker_pubkey),
+            f"{info.uses}/{'∞' if info.max_uses is None else info.max_uses}",
+            timestamp(info.expires_at, empty="never"),
+            info.policy or "-",
+            info.label or "",
+        )
+        for info in infos
+    ]
+    return ctx.listing(
+        as_json=args.json,
+        records=[asdict(info) for info in infos],
+        headers=("ID", "STATUS", "KEY", "BUNKER", "USES", "EXPIRES", "POLICY", "LABEL"),
+        rows=rows,
+        empty="No authorizations yet; create one with `keycast authorize KEY`.",
+    )
+
+
+def revoke_authorization(ctx: Context, args: argparse.Namespace) -> int:
+    conn = ctx.database()
+    before = admin.get_authorization(conn, args.id, clock=ctx.clock)
+    if before.revoked_at is not None:
+        ctx.out(
+            f"Authorization #{before.id} was already revoked at {timestamp(before.revoked_at)}; "
+            "nothing changed."
+        )
+        return EXIT_OK
+    info = admin.revoke(conn, args.id, clock=ctx.clock)
+    ctx.out(
+        f"Revoked authorization #{info.id} (key {info.key_name!r}) at "
+        f"{timestamp(info.revoked_at)}. A running daemon stops serving it within one reload "
+        "interval."
+    )
+    return EXIT_OK

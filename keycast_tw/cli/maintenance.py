@@ -1,0 +1,105 @@
+"""``keycast init``, ``backup`` and ``rotate-master-key``: the database and its master key."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from keycast_tw.cli.context import EXIT_OK, CliError, Context
+from keycast_tw.store.backup import backup
+from keycast_tw.store.crypto import create_master_key_file, read_key_info
+from keycast_tw.store.db import schema_version
+from keycast_tw.store.rotation import rotate_master_key_file
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser],
+             common: argparse.ArgumentParser) -> None:
+    init = commands.add_parser(
+        "init", parents=[common], help="create the database and the master key if missing",
+        description="Create the database directory, the database (with its schema) and a "
+        "random master key file (mode 0600) when they do not exist yet. Safe to run again: "
+        "nothing existing is changed, and the master key is checked against the database.",
+    )
+    init.set_defaults(handler=init_database)
+    copy = commands.add_parser(
+        "backup", parents=[common], help="copy the live database to DEST",
+        description="Copy the database with SQLite's online backup API; the daemon may keep "
+        "running. The copy is encrypted under the same master key: keep the key too, apart "
+        "from the copy.",
+    )
+    copy.add_argument("dest", metavar="DEST", help="file to create")
+    copy.add_argument("--force", action="store_true", help="replace DEST if it exists")
+    copy.set_defaults(handler=backup_database)
+    rotate = commands.add_parser(
+        "rotate-master-key", parents=[common], help="re-encrypt every key under a new master key",
+        description="Generate a new master key file and re-encrypt every stored key under it in "
+        "one transaction; the previous key is kept as <master key>.old for older backups. "
+        "Restart the daemon afterwards. With Cloud KMS, rotate the KMS key in Cloud KMS instead.",
+    )
+    rotate.set_defaults(handler=rotate_key)
+
+
+def init_database(ctx: Context, args: argparse.Namespace) -> int:
+    config = ctx.config
+    existed = os.path.exists(config.database_path)
+    conn = ctx.database(create=True)
+    if not existed:
+        os.chmod(config.database_path, 0o600)
+    version = schema_version(conn)
+    if existed:
+        ctx.out(f"Database {config.database_path} exists (schema version {version})")
+    else:
+        ctx.out(f"Created database {config.database_path} (schema version {version})")
+    if config.kms is None:
+        path = config.master_key_path
+        if not os.path.exists(path) and _holds_keys(ctx):
+            raise CliError(
+                f"master key file {path} does not exist but database {config.database_path} "
+                "already holds keys encrypted under a master key; restore that key file "
+                "(a new key could not decrypt them)"
+            )
+        if create_master_key_file(path):
+            ctx.out(f"Created master key {path} (mode 0600); back it up apart from the database")
+        else:
+            ctx.out(f"Master key {path} exists")
+        ctx.cipher()
+        ctx.out("Master key matches the database")
+    else:
+        ctx.cipher()
+        ctx.out(f"Data key is protected by Cloud KMS key {config.kms.key_resource}")
+    ctx.out("Database initialized")
+    return EXIT_OK
+
+
+def _holds_keys(ctx: Context) -> bool:
+    conn = ctx.database()
+    if read_key_info(conn) is not None:
+        return True
+    return conn.execute("SELECT 1 FROM user_keys LIMIT 1").fetchone() is not None
+
+
+def backup_database(ctx: Context, args: argparse.Namespace) -> int:
+    backup(ctx.database(), args.dest, overwrite=args.force)
+    os.chmod(args.dest, 0o600)
+    ctx.out(f"Backed up {ctx.config.database_path} to {args.dest}")
+    return EXIT_OK
+
+
+def rotate_key(ctx: Context, args: argparse.Namespace) -> int:
+    config = ctx.config
+    if config.kms is not None:
+        raise CliError(
+            "the database uses Cloud KMS: rotate the KMS key in Cloud KMS (old versions keep "
+            "decrypting); there is no file master key to rotate"
+        )
+    result = rotate_master_key_file(ctx.database(), config.master_key_path)
+    ctx.out(
+        f"Re-encrypted {result.user_keys} user keys and {result.bunker_keys} bunker keys under "
+        f"a new master key in {config.master_key_path}"
+    )
+    ctx.out(
+        f"The previous key is in {config.master_key_path}.old: it opens backups taken before "
+        "now; store it safely or delete it"
+    )
+    ctx.out("Restart the daemon to use the new key")
+    return EXIT_OK
