@@ -10,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from keycast_tw.nostr import nip04, nip44
 from keycast_tw.nostr.keys import SecretKey
+from keycast_tw.signer.methods import MethodResult
 from keycast_tw.signer.model import KeyUnavailable
 
 from .signer_helpers import SECRET, World
@@ -92,3 +93,13 @@ def _text(value: object) -> str:
     if callable(failure_text):
         return str(failure_text())
     return repr(value) + str(value)
+
+
+class ReprTests(SynchronousTestCase):
+    def test_method_result_repr_hides_value_and_key(self) -> None:
+        """A MethodResult's repr shows neither the (possibly decrypted) value nor the key."""
+        key = bytes(range(32))
+        text = repr(MethodResult(DM_TEXT, derived_key=key))
+        self.assertNotIn(DM_TEXT, text)
+        self.assertNotIn(key.hex(), text)
+        self.assertNotIn(repr(key)[2:20], text)

@@ -129,7 +129,8 @@ class _Opened:
 
 @dataclass(frozen=True, slots=True)
 class _Replied:
-    """The result of crypto call 2: the signed response and what to record."""
+    """The result of crypto call 2: the signed response and what to record (MethodResult's
+    repr hides its value, so this repr is safe)."""
 
     response: dict[str, Any]
     result: MethodResult | None
@@ -472,13 +473,17 @@ class Engine:
         return _answer("ack")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class _Work:
     """What crypto call 2 runs to get the result, and where a derived third-party key goes."""
 
     run: Callable[[], MethodResult]
     cache: KeyCache[tuple[str, str], bytes] | None = None
     cache_key: tuple[str, str] | None = None
+
+    def __repr__(self) -> str:
+        # ``run`` closes over the request params (plaintexts, secrets).
+        return "_Work(...)"
 
 
 def _answer(value: str) -> _Work:

@@ -32,7 +32,7 @@ class Refused(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class MethodResult:
     """The result string of a method, plus what the engine records or caches afterwards.
 
@@ -44,6 +44,10 @@ class MethodResult:
     event_kind: int | None = None
     event_id: str | None = None
     derived_key: bytes | None = None
+
+    def __repr__(self) -> str:
+        # The value may be a decrypted plaintext and derived_key is key material.
+        return f"MethodResult(value=<{len(self.value)} chars>, event_kind={self.event_kind})"
 
 
 def sign_event(
