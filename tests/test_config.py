@@ -153,7 +153,7 @@ class KmsTests(SynchronousTestCase):
         self.assertEqual(config.kms, KmsConfig(project_id="my-project"))
         assert config.kms is not None
         self.assertEqual(
-            config.kms.resource_name,
+            config.kms.key_resource,
             "projects/my-project/locations/global/keyRings/keycast-keys/cryptoKeys/master-key",
         )
 
