@@ -72,3 +72,22 @@ class RegistryTests(SynchronousTestCase):
         )
         self.assertEqual(self.registry.counts(), {"regular": 1, "oauth": 1})
         self.assertEqual(self.registry.bunker_pubkeys(), frozenset(a.bunker_pubkey for a in new))
+
+    def test_accept_filters_shards(self) -> None:
+        """Authorizations the accept predicate rejects are never indexed nor announced."""
+        kept, other = _auth(1), _auth(2)
+        registry = Registry(accept=lambda auth: auth.id == 1)
+        changes: list[tuple[frozenset[str], frozenset[str]]] = []
+        registry.add_listener(lambda added, removed: changes.append((added, removed)))
+        registry.update([kept, other], [])
+        self.assertIsNone(registry.get(other.bunker_pubkey))
+        self.assertEqual(changes, [(frozenset({kept.bunker_pubkey}), frozenset())])
+        registry.replace_all([kept, other])
+        self.assertEqual(registry.bunker_pubkeys(), frozenset({kept.bunker_pubkey}))
+        self.assertEqual(registry.counts(), {"regular": 1})
+
+    def test_counts_follow_changes(self) -> None:
+        """Kind counts stay right through adds, replacements and removals."""
+        self.registry.update([_auth(1), _auth(2, kind=OAUTH), _auth(3, kind=OAUTH)], [])
+        self.registry.update([_auth(3)], [2])
+        self.assertEqual(self.registry.counts(), {"regular": 2})

@@ -15,9 +15,18 @@ PubkeySetListener = Callable[[frozenset[str], frozenset[str]], None]
 
 
 class Registry:
-    def __init__(self) -> None:
+    """Authorizations by bunker pubkey and by id.
+
+    ``accept`` decides which authorizations this daemon serves at all: with ``--shard K/N`` the
+    others are never indexed, so the engine cannot route to them and the relays never subscribe
+    for them, whatever the loader hands over.
+    """
+
+    def __init__(self, accept: Callable[[Authorization], bool] | None = None) -> None:
         self._by_pubkey: dict[str, Authorization] = {}
         self._by_id: dict[int, Authorization] = {}
+        self._kinds: Counter[str] = Counter()
+        self._accept = accept
         self._listeners: list[PubkeySetListener] = []
 
     def get(self, bunker_pubkey: str) -> Authorization | None:
@@ -37,8 +46,8 @@ class Registry:
         return frozenset(self._by_pubkey)
 
     def counts(self) -> dict[str, int]:
-        """Number of authorizations by kind (regular, oauth)."""
-        return dict(Counter(auth.kind for auth in self._by_id.values()))
+        """Number of authorizations by kind (regular, oauth); kept as they change, not counted."""
+        return {kind: count for kind, count in self._kinds.items() if count}
 
     def add_listener(self, listener: PubkeySetListener) -> None:
         """Call ``listener(added, removed)`` whenever the set of bunker pubkeys changes."""
@@ -65,24 +74,33 @@ class Registry:
         added: set[str] = set()
         for auth in upserts:
             dropped.update(self._drop(auth.id))
-            self._by_id[auth.id] = auth
-            self._by_pubkey[auth.bunker_pubkey] = auth
-            added.add(auth.bunker_pubkey)
+            if self._accept is None or self._accept(auth):
+                self._add(auth)
+                added.add(auth.bunker_pubkey)
         self._notify(frozenset(added - dropped), frozenset(dropped - added))
 
     def replace_all(self, auths: Iterable[Authorization]) -> None:
         """Swap the whole content (start-up load, periodic full reconcile)."""
         before = self._by_pubkey.keys()
-        by_id = {auth.id: auth for auth in auths}
+        accept = self._accept
+        by_id = {auth.id: auth for auth in auths if accept is None or accept(auth)}
         by_pubkey = {auth.bunker_pubkey: auth for auth in by_id.values()}
         added = frozenset(by_pubkey.keys() - before) if self._listeners else frozenset()
         removed = frozenset(before - by_pubkey.keys()) if self._listeners else frozenset()
         self._by_id = by_id
         self._by_pubkey = by_pubkey
+        self._kinds = Counter(auth.kind for auth in by_id.values())
         self._notify(added, removed)
+
+    def _add(self, auth: Authorization) -> None:
+        self._by_id[auth.id] = auth
+        self._by_pubkey[auth.bunker_pubkey] = auth
+        self._kinds[auth.kind] += 1
 
     def _drop(self, authorization_id: int) -> tuple[str, ...]:
         old = self._by_id.pop(authorization_id, None)
+        if old is not None:
+            self._kinds[old.kind] -= 1
         if old is not None and self._by_pubkey.get(old.bunker_pubkey) is old:
             del self._by_pubkey[old.bunker_pubkey]
             return (old.bunker_pubkey,)
