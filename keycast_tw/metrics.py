@@ -30,8 +30,9 @@ KNOWN_METHODS = frozenset(
     }
 )
 
-#: Request outcomes (free-form outcome strings would be unbounded labels).
-OUTCOMES = frozenset({"ok", "error", "denied", "invalid", "expired", "unauthorized"})
+#: Request outcomes: the engine's (keycast_tw.signer.engine.Outcome) and the dispatcher's
+#: "overloaded" (refused at the in-flight bound) and "failed" (an engine bug, logged).
+OUTCOMES = frozenset({"ok", "error", "ignored", "undecryptable", "overloaded", "failed"})
 
 #: Relay message types counted per relay.
 RELAY_MESSAGE_TYPES = frozenset({"ok", "rejected", "notice", "closed", "event"})

@@ -42,12 +42,12 @@ class MetricsTests(SynchronousTestCase):
         """request_handled counts by method and outcome and observes the latency."""
         self.metrics.request_handled("sign_event", "ok", 0.003)
         self.metrics.request_handled("sign_event", "ok", 0.2)
-        self.metrics.request_handled("sign_event", "denied", 0.001)
+        self.metrics.request_handled("sign_event", "ignored", 0.001)
         self.assertEqual(
             self.value("keycast_requests_total", method="sign_event", outcome="ok"), 2.0
         )
         self.assertEqual(
-            self.value("keycast_requests_total", method="sign_event", outcome="denied"), 1.0
+            self.value("keycast_requests_total", method="sign_event", outcome="ignored"), 1.0
         )
         self.assertEqual(self.value("keycast_request_seconds_count"), 3.0)
         self.assertAlmostEqual(self.value("keycast_request_seconds_sum") or 0.0, 0.204)
