@@ -975,3 +975,17 @@ class InstallScriptTests(SynchronousTestCase):
             result = self.install(root, *args)
             self.assertNotEqual(result.returncode, 0, args)
             self.assertIn("install-systemd.sh:", result.stderr)
+
+
+class RunbookTests(SynchronousTestCase):
+    """docs/operations.md names only artefacts that exist."""
+
+    def test_referenced_files_exist(self) -> None:
+        """Every deployment/ path and script the runbook names is in the tree."""
+        text = (ROOT / "docs" / "operations.md").read_text()
+        paths = set(re.findall(r"deployment/[\w./-]*\w", text))
+        self.assertTrue(paths)
+        for path in paths:
+            self.assertTrue((ROOT / path).exists(), path)
+        for script in re.findall(r"/opt/keycast/scripts/([\w-]+\.sh)", text):
+            self.assertTrue((DEPLOY / script).exists(), script)
