@@ -62,7 +62,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
-from twisted.trial.unittest import FailTest, SkipTest, TestCase
+from twisted.trial.unittest import FailTest, SkipTest, SynchronousTestCase
 from twisted.web.client import HTTPConnectionPool
 
 T = TypeVar("T")
@@ -530,7 +530,9 @@ class DaemonProcess:
     (a PEP 660 editable install hides plugins).  The CLI gets the database and
     master key through ``DATABASE_PATH``/``MASTER_KEY_PATH`` (the documented
     environment fallbacks), so these helpers do not depend on where the CLI
-    accepts its global options.
+    accepts its global options.  Settings inherited from the shell running the
+    tests (KEYCAST_*, PORT, NOTIFY_SOCKET, ...) are dropped; pass ``env`` to
+    set one on purpose.
     """
 
     def __init__(
@@ -548,7 +550,8 @@ class DaemonProcess:
         self.relays = list(relays)
         self.health_port = health_port
         self.extra_args = list(extra_args)
-        self.env = {**fixture.base_env(), **(env or {})}
+        inherited = {k: v for k, v in fixture.base_env().items() if not _daemon_setting(k)}
+        self.env = {**inherited, **(env or {})}
         self.env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(REPO), self.env.get("PYTHONPATH", "")) if p
         )
@@ -674,6 +677,27 @@ class DaemonProcess:
         )
 
 
+# Settings the daemon and the CLI read from the environment (DESIGN.md §4) and
+# systemd's hand-over variables: none may leak in from the developer's shell.
+_DAEMON_ENV_PREFIXES = ("KEYCAST_", "GCP_")
+_DAEMON_ENV_NAMES = frozenset(
+    {
+        "DATABASE_PATH",
+        "MASTER_KEY_PATH",
+        "PORT",
+        "USE_GCP_KMS",
+        "NOTIFY_SOCKET",
+        "JOURNAL_STREAM",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+    }
+)
+
+
+def _daemon_setting(name: str) -> bool:
+    return name in _DAEMON_ENV_NAMES or name.startswith(_DAEMON_ENV_PREFIXES)
+
+
 def _venv_script(name: str) -> str:
     """A console script installed beside the running interpreter (twistd, keycast)."""
     candidate = Path(sys.executable).parent / name
@@ -689,9 +713,16 @@ def _venv_script(name: str) -> str:
 class InteropFixture:
     """Starts relays, clients and the daemon for one TestCase and cleans them up."""
 
-    def __init__(self, case: TestCase, *, reactor: Any = global_reactor) -> None:
+    def __init__(
+        self,
+        case: SynchronousTestCase,
+        *,
+        reactor: Any = global_reactor,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
         self.case = case
         self.reactor = reactor
+        self.environ = dict(os.environ if environ is None else environ)
         self.root = Path(case.mktemp()).resolve()  # type: ignore[no-untyped-call]
         self.root.mkdir(parents=True)
         self.processes: list[ManagedProcess] = []
@@ -701,7 +732,7 @@ class InteropFixture:
 
     def base_env(self) -> dict[str, str]:
         """The environment for children: ours, minus what would change their output."""
-        env = dict(os.environ)
+        env = dict(self.environ)
         env.pop("NODE_OPTIONS", None)
         env["PYTHONUNBUFFERED"] = "1"
         return env

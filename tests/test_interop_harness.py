@@ -26,6 +26,9 @@ from tests.interop_harness import (
     CLIENT_KINDS,
     REPO,
     ClientRun,
+    CliResult,
+    DaemonPaths,
+    DaemonProcess,
     HarnessError,
     InteropFixture,
     RelayProbe,
@@ -344,6 +347,109 @@ class BenchDriverTests(TestCase):
         code, output = await self.run_bench("--uri", uri)
         self.assertEqual(code, 1, output)
         self.assertIn("not on loopback", output)
+
+
+class DaemonHelperTests(SynchronousTestCase):
+    """The daemon helpers follow the command contract (DESIGN.md §4) before the daemon exists."""
+
+    def make_daemon(
+        self, env: dict[str, str] | None = None, outer: dict[str, str] | None = None
+    ) -> DaemonProcess:
+        fx = InteropFixture(self, environ=outer)
+        paths = DaemonPaths.under(fx.root / "daemon")
+        return DaemonProcess(
+            fx,
+            paths,
+            relays=["ws://127.0.0.1:7001", "ws://127.0.0.1:7002"],
+            health_port=7010,
+            env=env,
+        )
+
+    def test_argv_follows_the_command_contract(self) -> None:
+        """twistd -n --pidfile P keycast --database D --master-key K --relay ... --health ..."""
+        daemon = self.make_daemon()
+        argv = daemon.argv()
+        paths = daemon.paths
+        self.assertTrue(argv[0].endswith("twistd"))
+        self.assertEqual(
+            argv[1:],
+            [
+                "-n", "--pidfile", str(paths.pidfile), "keycast",
+                "--database", str(paths.database), "--master-key", str(paths.master_key),
+                "--relay", "ws://127.0.0.1:7001", "--relay", "ws://127.0.0.1:7002",
+                "--health", "tcp:7010:interface=127.0.0.1",
+            ],
+        )  # fmt: skip
+        self.assertEqual(daemon.health_url, "http://127.0.0.1:7010")
+
+    def test_environment_is_the_tests_not_the_shells(self) -> None:
+        """Shell settings are dropped; the CLI gets the daemon's files; the plugin is findable."""
+        leaked = {"KEYCAST_RELAYS": "wss://relay.damus.io", "PORT": "80", "NOTIFY_SOCKET": "/x"}
+        daemon = self.make_daemon(
+            env={"KEYCAST_LOG_FORMAT": "json"}, outer={**leaked, "HOME": "/h"}
+        )
+        for name in leaked:
+            self.assertNotIn(name, daemon.env)
+        self.assertEqual(daemon.env["HOME"], "/h")
+        self.assertEqual(daemon.env["KEYCAST_LOG_FORMAT"], "json")
+        self.assertEqual(daemon.env["DATABASE_PATH"], str(daemon.paths.database))
+        self.assertEqual(daemon.env["MASTER_KEY_PATH"], str(daemon.paths.master_key))
+        self.assertEqual(daemon.env["PYTHONPATH"].split(os.pathsep)[0], str(REPO))
+
+    def test_bunker_uri_is_taken_from_authorize_output(self) -> None:
+        """CliResult.bunker_uri finds the bunker:// line and refuses a failed command."""
+        good = CliResult(["keycast", "authorize"], 0, "Authorization 3\nbunker://ab?relay=x\n", "")
+        self.assertEqual(good.bunker_uri(), "bunker://ab?relay=x")
+        failed = CliResult(["keycast", "authorize"], 1, "", "no such key: alice")
+        with self.assertRaises(HarnessError) as caught:
+            failed.bunker_uri()
+        self.assertIn("no such key: alice", str(caught.exception))
+        with self.assertRaises(HarnessError):
+            CliResult(["keycast", "authorize"], 0, "done\n", "").bunker_uri()
+
+
+class WaitReadyTests(TestCase):
+    """wait_ready polls /ready until 200 and gives up early when the daemon dies."""
+
+    def setUp(self) -> None:
+        self.fx = InteropFixture(self)
+        self.daemon = DaemonProcess(
+            self.fx,
+            DaemonPaths.under(self.fx.root / "daemon"),
+            relays=[],
+            health_port=free_port(),
+        )
+
+    def fake_daemon(self, code: str) -> None:
+        """Stand in for twistd with a small HTTP server on the health port."""
+        self.daemon.process = self.fx.spawn("fake-daemon", _python(code))
+
+    async def test_waits_through_503_for_200(self) -> None:
+        """503 answers are retried; the 200 JSON body is returned."""
+        self.fake_daemon(
+            "import http.server, json\n"
+            "count = [0]\n"
+            "class H(http.server.BaseHTTPRequestHandler):\n"
+            "    def do_GET(self):\n"
+            "        count[0] += 1\n"
+            "        ready = count[0] > 2\n"
+            "        body = json.dumps({'ready': ready, 'polls': count[0]}).encode()\n"
+            "        self.send_response(200 if ready else 503)\n"
+            "        self.send_header('Content-Length', str(len(body)))\n"
+            "        self.end_headers()\n"
+            "        self.wfile.write(body)\n"
+            f"http.server.HTTPServer(('127.0.0.1', {self.daemon.health_port}), H).serve_forever()\n"
+        )
+        body = await self.daemon.wait_ready(timeout=10)
+        self.assertEqual(body, {"ready": True, "polls": 3})
+
+    async def test_daemon_exit_fails_fast(self) -> None:
+        """A daemon that exits during start-up fails wait_ready with its last output."""
+        self.fake_daemon("import sys; print('fatal: no master key', flush=True); sys.exit(1)")
+        with self.assertRaises(HarnessError) as caught:
+            await self.daemon.wait_ready(timeout=10)
+        self.assertIn("exit status 1", str(caught.exception))
+        self.assertIn("fatal: no master key", str(caught.exception))
 
 
 class ProbeTests(TestCase):
