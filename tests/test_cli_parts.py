@@ -1,15 +1,18 @@
-"""The CLI's pure parts: WHEN parsing, tables, health endpoint targets, /status summaries."""
+"""The CLI in-process: WHEN parsing, tables, endpoint targets, /status summaries, run()."""
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from keycast_tw.cli.context import EXIT_USAGE, CliError
+from keycast_tw.cli.context import EXIT_USAGE, CliError, wait_for
 from keycast_tw.cli.daemon import Target, summarize, target_from_endpoint, target_from_url
+from keycast_tw.cli.main import run
 from keycast_tw.cli.output import table, timestamp
 from keycast_tw.cli.when import parse_when
+from keycast_tw.store.errors import MasterKeyError
 
 NOW = 1_700_000_000
 
@@ -119,3 +122,41 @@ class SummaryTests(SynchronousTestCase):
         """Per-relay state given as a mapping by URL is listed the same way."""
         lines = summarize({"version": "1", "relays": {"wss://a.example": {"subscribed": True}}})
         self.assertEqual(lines, ["keycast-tw 1", "relays:", "  wss://a.example: subscribed=true"])
+
+
+class WaitForTests(SynchronousTestCase):
+    def test_finished_coroutine(self) -> None:
+        """A coroutine that never waits (the file key) completes without running a reactor."""
+
+        async def answer() -> int:
+            return 42
+
+        self.assertEqual(wait_for(answer()), 42)
+
+    def test_failure_propagates(self) -> None:
+        """The coroutine's exception is raised as itself, for main() to map to an exit code."""
+
+        async def broken() -> int:
+            raise MasterKeyError("master key does not match this database")
+
+        error = self.assertRaises(MasterKeyError, wait_for, broken())
+        self.assertIn("does not match", str(error))
+
+
+class RunTests(SynchronousTestCase):
+    def test_help_and_usage_go_to_the_given_streams(self) -> None:
+        """run() writes argparse's help and usage errors to its own streams, not sys's."""
+        out, err = io.StringIO(), io.StringIO()
+        self.assertEqual(run(["--help"], {}, io.StringIO(), out, err), 0)
+        self.assertIn("usage: keycast", out.getvalue())
+        out, err = io.StringIO(), io.StringIO()
+        self.assertEqual(run([], {}, io.StringIO(), out, err), 2)
+        self.assertIn("required", err.getvalue())
+
+    def test_config_errors_are_usage_errors(self) -> None:
+        """An invalid environment value exits 2 with one line naming the variable."""
+        out, err = io.StringIO(), io.StringIO()
+        status = run(["key", "list"], {"KEYCAST_SHARD": "3/2"}, io.StringIO(), out, err)
+        self.assertEqual(status, 2)
+        self.assertEqual(err.getvalue().count("\n"), 1)
+        self.assertIn("KEYCAST_SHARD", err.getvalue())
