@@ -278,3 +278,45 @@ class StoreServiceTests(TestCase):
         with self.assertRaises(MasterKeyError) as caught:
             await service.ready
         self.assertEqual(str(caught.exception), "master key does not match this database")
+
+
+class StoreServiceTimerTests(SynchronousTestCase):
+    """StoreService with a synchronous runner and a Clock: the periodic tasks."""
+
+    def setUp(self) -> None:
+        self.db_path, self.conn = new_database(self.mktemp())
+        self.key_path = os.path.join(os.path.dirname(self.db_path), "master.key")
+        create_master_key_file(self.key_path)
+        self.cipher = open_file_cipher(self.conn, self.key_path)
+        self.key_id, _ = add_user_key(self.conn, self.cipher, "alice")
+        self.clock = Clock()
+        self.registry = Registry()
+        self.service = StoreService(
+            database_path=self.db_path,
+            registry=self.registry,
+            reactor=self.clock,
+            master_key_path=self.key_path,
+            runner_factory=lambda service: ConnectionRunner(self.conn, self.db_path),
+            now=lambda: float(NOW),
+        )
+        self.service.startService()
+        self.successResultOf(self.service.ready)
+
+    def test_reload_timer_picks_up_changes(self) -> None:
+        """Within one reload interval a new row is served, with no signal."""
+        _, pubkey = add_authorization(self.conn, self.cipher, self.key_id)
+        self.assertIsNone(self.registry.get(pubkey))
+        self.clock.advance(0.5)
+        self.assertIsNotNone(self.registry.get(pubkey))
+
+    def test_reload_failure_keeps_timer(self) -> None:
+        """A failing reload is recorded and logged; the next tick recovers."""
+        self.conn.execute("ALTER TABLE change_counter RENAME TO moved")
+        self.clock.advance(0.5)
+        assert self.service.last_reload is not None
+        self.assertIsNotNone(self.service.last_reload.error)
+        self.conn.execute("ALTER TABLE moved RENAME TO change_counter")
+        _, pubkey = add_authorization(self.conn, self.cipher, self.key_id)
+        self.clock.advance(0.5)
+        self.assertIsNone(self.service.last_reload.error)
+        self.assertIsNotNone(self.registry.get(pubkey))
