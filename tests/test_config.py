@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+from typing import ClassVar
 
 from twisted.logger import LogLevel
+from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from keycast_tw.config import (
@@ -16,6 +18,18 @@ from keycast_tw.config import (
     config_from,
     option_spec,
 )
+
+
+class TapOptions(usage.Options):
+    """What tap.py builds from the table: defaults None, so config_from sees "not given"."""
+
+    optParameters: ClassVar[list[list[str | None]]] = [
+        [spec.name, None, None, spec.help_text()] for spec in OPTIONS if not spec.repeatable
+    ]
+
+    def opt_relay(self, url: str) -> None:
+        """Relay to listen on (repeatable)."""
+        self.setdefault("relay", []).append(url)
 
 
 def error_of(testcase: SynchronousTestCase, options: dict[str, object], env: dict[str, str]) -> str:
@@ -294,3 +308,14 @@ class OptionTableTests(SynchronousTestCase):
         self.assertEqual(option_spec("master-key").dest, "master_key")
         self.assertEqual(option_spec("relay").default, ",".join(DEFAULT_RELAYS))
         self.assertTrue(option_spec("relay").repeatable)
+
+    def test_usage_options_from_the_table(self) -> None:
+        """A twisted usage.Options built from OPTIONS feeds config_from directly."""
+        options = TapOptions()
+        options.parseOptions(
+            ["--database", "/d/k.db", "--relay", "wss://a.example", "--relay", "wss://b.example"]
+        )
+        config = config_from(options, {"DATABASE_PATH": "env.db", "KEYCAST_SHARD": "1/2"})
+        self.assertEqual(config.database_path, "/d/k.db")
+        self.assertEqual(config.relays, ("wss://a.example", "wss://b.example"))
+        self.assertEqual((config.shard_index, config.shard_count), (1, 2))
