@@ -109,7 +109,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     ),
     OptionSpec(
         "health", ("KEYCAST_HEALTH", "PORT"), "tcp:8080:interface=127.0.0.1",
-        "Twisted endpoint of the HTTP health server (PORT=N means tcp:N on all interfaces)",
+        "Twisted endpoint of the HTTP health server (PORT=N means tcp:N on all interfaces; "
+        "0 picks a free port)",
         "ENDPOINT", cli=True,
     ),
     OptionSpec(
@@ -476,7 +477,7 @@ def _health(source: _Source) -> str:
     value, origin = found
     text = str(value).strip()
     if origin == "PORT":
-        if not text.isdigit() or not 0 < int(text) < 65536:
+        if not text.isdigit() or int(text) > 65535:
             raise ConfigError(
                 f"{spec.describe()}: PORT must be a TCP port number, not {_quote(text)}"
             )

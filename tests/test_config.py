@@ -252,8 +252,9 @@ class ValidationTests(SynchronousTestCase):
             self.assertIn("KEYCAST_HEALTH", message)
 
     def test_port_must_be_a_port(self) -> None:
-        """PORT must be a number between 1 and 65535."""
-        for bad in ("http", "0", "70000", "-1"):
+        """PORT must be a number between 0 (any free port, for tests) and 65535."""
+        self.assertEqual(config_from({}, {"PORT": "0"}).health_endpoint, "tcp:0")
+        for bad in ("http", "70000", "-1", ""):
             self.assertIn("PORT must be a TCP port", error_of(self, {}, {"PORT": bad}))
 
     def test_numbers(self) -> None:
