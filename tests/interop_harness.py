@@ -139,6 +139,11 @@ TOOLS: Mapping[str, Tool] = {
             "pip install nostr-sdk into .venv (it is in the test extra of setup.py)",
         ),
         Tool(
+            "keycast-cli",
+            lambda repo: (repo / "keycast_tw" / "cli" / "main.py").is_file(),
+            "keycast_tw/cli/main.py must exist and `keycast` be installed in .venv",
+        ),
+        Tool(
             "keycast-daemon",
             _daemon_present,
             "keycast_tw/tap.py and keycast_tw/service.py must exist",
@@ -555,6 +560,9 @@ class DaemonProcess:
         self.env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(REPO), self.env.get("PYTHONPATH", "")) if p
         )
+        # The CLI warns when an authorization names a relay the daemon does not
+        # use; this keeps both sides of the test agreeing on the relays.
+        self.env["KEYCAST_RELAYS"] = ",".join(self.relays)
         self.env["DATABASE_PATH"] = str(paths.database)
         self.env["MASTER_KEY_PATH"] = str(paths.master_key)
         self.process: ManagedProcess | None = None

@@ -384,7 +384,7 @@ class DaemonHelperTests(SynchronousTestCase):
 
     def test_environment_is_the_tests_not_the_shells(self) -> None:
         """Shell settings are dropped; the CLI gets the daemon's files; the plugin is findable."""
-        leaked = {"KEYCAST_RELAYS": "wss://relay.damus.io", "PORT": "80", "NOTIFY_SOCKET": "/x"}
+        leaked = {"KEYCAST_SHARD": "1/2", "PORT": "80", "NOTIFY_SOCKET": "/x"}
         daemon = self.make_daemon(
             env={"KEYCAST_LOG_FORMAT": "json"}, outer={**leaked, "HOME": "/h"}
         )
@@ -394,6 +394,7 @@ class DaemonHelperTests(SynchronousTestCase):
         self.assertEqual(daemon.env["KEYCAST_LOG_FORMAT"], "json")
         self.assertEqual(daemon.env["DATABASE_PATH"], str(daemon.paths.database))
         self.assertEqual(daemon.env["MASTER_KEY_PATH"], str(daemon.paths.master_key))
+        self.assertEqual(daemon.env["KEYCAST_RELAYS"], "ws://127.0.0.1:7001,ws://127.0.0.1:7002")
         self.assertEqual(daemon.env["PYTHONPATH"].split(os.pathsep)[0], str(REPO))
 
     def test_bunker_uri_is_taken_from_authorize_output(self) -> None:
@@ -406,6 +407,34 @@ class DaemonHelperTests(SynchronousTestCase):
         self.assertIn("no such key: alice", str(caught.exception))
         with self.assertRaises(HarnessError):
             CliResult(["keycast", "authorize"], 0, "done\n", "").bunker_uri()
+
+
+class CliTests(TestCase):
+    """run_cli drives the real ``keycast`` admin command on the daemon's files."""
+
+    async def test_authorize_gives_a_uri_the_clients_use(self) -> None:
+        """init, key add and authorize yield a bunker:// URI whose requests reach the relay."""
+        require_tool("keycast-cli")
+        require_tool("node-clients")
+        fx = InteropFixture(self)
+        relay = await fx.local_relay()
+        daemon = DaemonProcess(
+            fx, DaemonPaths.under(fx.root / "daemon"), relays=[relay.url], health_port=free_port()
+        )
+        (await daemon.run_cli("init")).check()
+        (await daemon.run_cli("key", "add", "alice")).check()
+        result = await daemon.run_cli("authorize", "alice", "--relay", relay.url)
+        uri = result.bunker_uri()
+        self.assertNotIn("warning", result.stderr)
+        self.assertTrue(daemon.paths.database.is_file())
+        bunker = uri[len("bunker://") :].split("?")[0]
+        probe = await fx.probe(relay.url)
+        await probe.subscribe("req", {"kinds": [24133], "#p": [bunker]})
+        run = await fx.run_client("node", uri, [{"op": "connect"}], timeout_ms=1000)
+        self.assertEqual(run.start["bunker_pubkey"], bunker)
+        self.assertEqual(run.start["relays"], [relay.url])
+        message = await probe.expect(lambda m: m[:2] == ["EVENT", "req"], timeout=5)
+        self.assertEqual(message[2]["pubkey"], run.start["client_pubkey"])
 
 
 class WaitReadyTests(TestCase):
