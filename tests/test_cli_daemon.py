@@ -51,6 +51,7 @@ class FakeGoogle(Resource):
     def __init__(self) -> None:
         super().__init__()
         self.calls: list[str] = []
+        self.unavailable = 0  # answer this many decrypts with 503 first
 
     def render_POST(self, request: Request) -> bytes:
         path = request.path.decode()
@@ -69,6 +70,10 @@ class FakeGoogle(Resource):
             return json.dumps({"ciphertext": base64.b64encode(wrapped).decode()}).encode()
         if path.endswith(":decrypt"):
             self.calls.append("decrypt")
+            if self.unavailable:
+                self.unavailable -= 1
+                request.setResponseCode(503)
+                return b"{}"
             data = base64.b64decode(body["ciphertext"])
             if not data.startswith(b"wrapped:"):
                 request.setResponseCode(400)
@@ -252,3 +257,17 @@ class KmsTests(DaemonCommandTestCase):
         out, err, code = await self.keycast("rotate-master-key")
         self.assertEqual(code, 1)
         self.assertIn("rotate the KMS key in Cloud KMS", err)
+
+    async def test_kms_retry_is_visible(self) -> None:
+        """A transient KMS failure is retried, and the retry is shown on stderr."""
+        _, err, code = await self.keycast("init")
+        self.assertEqual(code, 0, err)
+        self.google.unavailable = 1
+        del self.google.calls[:]
+        _, err, code = await self.keycast("key", "list")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(self.google.calls, [])  # listing needs no key
+        _, err, code = await self.keycast("key", "add", "alice")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(self.google.calls, ["token", "decrypt", "decrypt"])
+        self.assertIn("Cloud KMS decrypt failed (HTTP 503); retry 1", err)

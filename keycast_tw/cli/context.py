@@ -14,6 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO, TypeVar
 
 from twisted.internet.defer import Deferred
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
 from twisted.python.failure import Failure
 
 from keycast_tw.cli.output import table, to_json
@@ -87,6 +94,7 @@ class Context:
         if self.config.kms is not None:
             from keycast_tw.store.kms import GcpKms
 
+            show_warnings(self.stderr)
             kms = GcpKms(self.config.kms.key_resource, api_base=self.config.kms.api_base)
         return wait_for(
             open_cipher(
@@ -100,6 +108,19 @@ class Context:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def show_warnings(stream: TextIO) -> None:
+    """Send warnings logged through twisted.logger (KMS retries) to ``stream``.
+
+    A Cloud KMS call may retry for several seconds; without this the operator would stare at a
+    silent terminal. Once per process, as twisted.logger allows.
+    """
+    observer = FilteringLogObserver(
+        textFileLogObserver(stream),
+        [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)],
+    )
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
 def wait_for(coroutine: Coroutine[Any, Any, T]) -> T:
