@@ -27,7 +27,9 @@ class RelayOptions:
     max_message_size: int = 1024 * 1024
     p_chunk_size: int = 200
     firehose_threshold: int | None = None
-    resubscribe_debounce: float = 2.0
+    # Short: a new authorization must be served within one reload interval (0.5 s), and the
+    # registry already batches each reload into one change, so this only merges rapid bursts.
+    resubscribe_debounce: float = 0.1
     since_skew: float = 300.0
     publish_queue_limit: int = 1000
     # Beyond the contract's list; each has a safe default.
