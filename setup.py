@@ -34,6 +34,7 @@ setup(
             "mypy-zope>=1.0.5",
             "pyyaml>=6.0",
             "nostr-sdk>=0.45.1",
+            "supervisor>=4.2",
         ],
     },
     entry_points={"console_scripts": ["keycast = keycast_tw.cli.main:main"]},

@@ -13,6 +13,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   command -v openssl >/dev/null || need+=(openssl)
   command -v sqlite3 >/dev/null || need+=(sqlite3)
   command -v curl >/dev/null || need+=(curl)
+  command -v logrotate >/dev/null || need+=(logrotate)
   if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   fi
