@@ -2,6 +2,6 @@
 
 from twisted.application.service import ServiceMaker
 
-keycast = ServiceMaker(
+keycast = ServiceMaker(  # type: ignore[no-untyped-call]
     "keycast", "keycast_tw.tap", "NIP-46 remote signer (bunker) for Nostr", "keycast"
 )
