@@ -10,6 +10,7 @@ PID, as PID 1 in a container, B9), and our log observer is selected. makeService
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from twisted.application.service import IService
@@ -31,8 +32,9 @@ class Options(usage.Options):
         [spec.name, None, None, spec.help_text()] for spec in OPTIONS if not spec.repeatable
     ]
 
-    def __init__(self) -> None:
+    def __init__(self, *, environ: Mapping[str, str] = os.environ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
+        self._environ = environ
         for spec in OPTIONS:
             if spec.repeatable:
                 self[spec.name] = []
@@ -45,7 +47,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         given = {key: value for key, value in self.items() if value not in (None, [])}
         try:
-            self.config = config_from(given, os.environ)
+            self.config = config_from(given, self._environ)
         except ConfigError as error:
             # One clear line and a non-zero exit, rather than twistd's usage dump.
             raise SystemExit(f"keycast: {error}") from None
