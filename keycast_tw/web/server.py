@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -71,8 +71,5 @@ class HealthServer(Service):
         port, self._port = self._port, None
         if port is None:
             return succeed(None)
-        return Deferred.fromCoroutine(_stop_listening(port))
-
-
-async def _stop_listening(port: Any) -> None:
-    await port.stopListening()
+        # IListeningPort.stopListening may return a Deferred or None.
+        return maybeDeferred(port.stopListening)
