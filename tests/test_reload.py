@@ -80,7 +80,11 @@ class WatcherTests(SynchronousTestCase):
 
     def test_reported_error_keeps_file_and_retries(self) -> None:
         """A reload that reports an error keeps the file; the next tick tries again."""
-        self.reloads.results.append(succeed(Info(error="database is locked")))
+        self.fails_then_recovers(succeed(Info(error="database is locked")))
+
+    def fails_then_recovers(self, first: Any) -> None:
+        """The first reload ends with ``first``; the file stays, the next tick retries it."""
+        self.reloads.results.append(first)
         self.signal.write_text("")
         with capturedLogs() as events:
             self.tick()
@@ -92,25 +96,11 @@ class WatcherTests(SynchronousTestCase):
 
     def test_failed_deferred_keeps_loop_alive(self) -> None:
         """A reload whose Deferred fails keeps the file and the LoopingCall running."""
-        self.reloads.results.append(fail(RuntimeError("boom")))
-        self.signal.write_text("")
-        with capturedLogs():
-            self.tick()
-        self.assertTrue(self.signal.exists())
-        self.tick()
-        self.assertEqual(self.reloads.calls, 2)
-        self.assertFalse(self.signal.exists())
+        self.fails_then_recovers(fail(RuntimeError("boom")))
 
     def test_raising_reload_keeps_loop_alive(self) -> None:
         """A reload that raises synchronously is logged and retried, never fatal to the loop."""
-        self.reloads.results.append(RuntimeError("boom"))
-        self.signal.write_text("")
-        with capturedLogs():
-            self.tick()
-        self.assertTrue(self.signal.exists())
-        self.tick()
-        self.assertEqual(self.reloads.calls, 2)
-        self.assertFalse(self.signal.exists())
+        self.fails_then_recovers(RuntimeError("boom"))
 
     def test_no_overlap(self) -> None:
         """While a reload is running further ticks start no second one."""

@@ -20,6 +20,10 @@ from keycast_tw.metrics import Metrics
 from keycast_tw.web.server import HealthServer
 
 
+#: A listener that accepts connections and ignores them (to hold a port).
+NULL_FACTORY: Any = ServerFactory.forProtocol(Protocol)
+
+
 class TakenPortReactor(MemoryReactorClock):
     """A reactor on which every port is already in use."""
 
@@ -66,7 +70,7 @@ class RealListenTests(TestCase):
 
     async def test_taken_port_on_loopback(self) -> None:
         """Binding a port another socket holds reports the error through on_error."""
-        taken = reactor.listenTCP(0, ServerFactory.forProtocol(Protocol), interface="127.0.0.1")
+        taken = reactor.listenTCP(0, NULL_FACTORY, interface="127.0.0.1")
         self.addCleanup(taken.stopListening)
         port = taken.getHost().port  # type: ignore[attr-defined]
         errors: list[str] = []
@@ -79,7 +83,7 @@ class RealListenTests(TestCase):
 
     async def test_serves_then_stop_closes_port(self) -> None:
         """/health answers 200 while running; after stopService the port refuses connections."""
-        probe = reactor.listenTCP(0, ServerFactory.forProtocol(Protocol), interface="127.0.0.1")
+        probe = reactor.listenTCP(0, NULL_FACTORY, interface="127.0.0.1")
         port = probe.getHost().port  # type: ignore[attr-defined]
         await maybeDeferred(probe.stopListening)
         errors: list[str] = []
