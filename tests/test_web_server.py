@@ -19,7 +19,6 @@ from twisted.web.client import HTTPConnectionPool
 from keycast_tw.metrics import Metrics
 from keycast_tw.web.server import HealthServer
 
-
 #: A listener that accepts connections and ignores them (to hold a port).
 NULL_FACTORY: Any = ServerFactory.forProtocol(Protocol)
 
