@@ -41,12 +41,13 @@ from keycast_tw.relay.endpoint import endpoint_for_url
 from keycast_tw.relay.options import RelayOptions
 from keycast_tw.relay.pool import RelayPool
 from keycast_tw.reload import ReloadSignalWatcher
-from keycast_tw.signer.crypto import ThreadPoolRunner
+from keycast_tw.signer.crypto import CryptoRunner, ThreadPoolRunner
 from keycast_tw.signer.engine import Engine, EngineConfig
 from keycast_tw.signer.model import OAUTH, REGULAR, Authorization
 from keycast_tw.signer.registry import Registry
 from keycast_tw.store.errors import StoreError
 from keycast_tw.store.kms import GcpKms
+from keycast_tw.store.runner import Runner
 from keycast_tw.store.service import StoreService
 from keycast_tw.systemd import SystemdNotifier, WatchdogService
 from keycast_tw.web.server import HealthServer
@@ -75,7 +76,12 @@ class RequestStats:
 
 
 class KeycastService(MultiService):
-    """The root service: owns the cross-cutting pieces and the start/stop order."""
+    """The root service: owns the cross-cutting pieces and the start/stop order.
+
+    The keyword arguments are seams: ``store_runner`` replaces the database thread (a
+    StoreService runner factory) and ``run_crypto`` the crypto thread pool, so that tests can
+    drive the whole tree on a fake clock, one step at a time.
+    """
 
     log = Logger()
 
@@ -89,6 +95,8 @@ class KeycastService(MultiService):
         kms: GcpKms | None = None,
         lock: Callable[[str], InstanceLock] = acquire_instance_lock,
         install_signals: bool = True,
+        store_runner: Callable[[StoreService], Runner] | None = None,
+        run_crypto: CryptoRunner | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.setName("keycast")  # type: ignore[no-untyped-call]
@@ -117,13 +125,14 @@ class KeycastService(MultiService):
             reload_interval=config.reload_interval,
             reconcile_interval=config.full_reload_interval,
             replay_window=int(config.created_at_window),
+            runner_factory=store_runner,
         )
         self.store.setName("store")  # type: ignore[no-untyped-call]
         self.engine = Engine(
             self.registry,
             self.store.store,
             clock=reactor,
-            run_crypto=ThreadPoolRunner(reactor, self.crypto_pool),
+            run_crypto=run_crypto or ThreadPoolRunner(reactor, self.crypto_pool),
             config=EngineConfig(
                 created_at_window=int(config.created_at_window),
                 rate_per_second=config.rate_limit,
