@@ -642,6 +642,62 @@ class DaemonProcess:
         )
         return response.code, await response.text()
 
+    async def status(self) -> dict[str, Any]:
+        """The daemon's GET /status document."""
+        code, body = await self.get("/status")
+        if code != 200:
+            raise self._running().error(f"/status answered {code}: {body}")
+        result: dict[str, Any] = json.loads(body)
+        return result
+
+    async def wait_status(
+        self,
+        predicate: Callable[[dict[str, Any]], bool],
+        what: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> dict[str, Any]:
+        """Poll /status until ``predicate`` holds and return that document.
+
+        Tests wait on the daemon's own account of its state (authorizations
+        loaded, relays subscribed, requests counted) instead of sleeping.
+        """
+        process = self._running()
+        deadline = self.fixture.reactor.seconds() + timeout
+        while True:
+            if process.ended:
+                raise process.error(f"ended ({process.describe_exit()}) while waiting for {what}")
+            status = await self.status()
+            if predicate(status):
+                return status
+            if self.fixture.reactor.seconds() >= deadline:
+                raise process.error(
+                    f"/status did not show {what} within {timeout} s; last: {json.dumps(status)}"
+                )
+            await deferLater(self.fixture.reactor, 0.1, lambda: None)
+
+    async def wait_serving(
+        self, count: int, *, after: int, timeout: float = DEFAULT_TIMEOUT
+    ) -> dict[str, Any]:
+        """Wait until ``count`` authorizations are loaded and subscribed on every relay.
+
+        /status alone cannot tell: for the short debounce between a reload and
+        the new REQ it still shows the old subscription as live.  The pool logs
+        its new plan in the same reactor turn that sends the REQ and clears the
+        subscribed flag, so once that line (printed after ``after``, see
+        ``ManagedProcess.mark``) is seen, "subscribed" in /status means the new
+        filter got its EOSE.
+        """
+        await self.wait_for_log(
+            rf"Subscribing to .*\b{count} bunker pubkeys", timeout=timeout, after=after
+        )
+        relays = len(self.relays)
+        return await self.wait_status(
+            lambda s: s["authorizations"]["total"] == count and s["relays_subscribed"] == relays,
+            f"{count} authorizations subscribed on {relays} relays",
+            timeout=timeout,
+        )
+
     def sigterm(self) -> None:
         """Ask the daemon (not its group) to shut down gracefully."""
         self._running().send_signal(signal.SIGTERM)
@@ -668,6 +724,20 @@ class DaemonProcess:
     async def stop(self) -> int | None:
         """SIGTERM, then SIGKILL after 10 s; the exit code."""
         return await self._running().stop()
+
+    async def provision(
+        self, *, count: int = 1, nsec: str | None = None, key: str = "alice"
+    ) -> list[str]:
+        """``keycast init``, ``key add`` (importing ``nsec`` if given) and ``count``
+        single-use authorizations on the daemon's relays; their bunker:// URIs."""
+        (await self.run_cli("init")).check()
+        (await self.run_cli("key", "add", key, *(("--nsec", nsec) if nsec else ()))).check()
+        return [await self.authorize(key) for _ in range(count)]
+
+    async def authorize(self, key: str = "alice", *args: str) -> str:
+        """``keycast authorize KEY --relay ...`` on the daemon's relays; the bunker:// URI."""
+        relay_args = [arg for url in self.relays for arg in ("--relay", url)]
+        return (await self.run_cli("authorize", key, *relay_args, *args)).bunker_uri()
 
     async def run_cli(self, *args: str, timeout: float = DEFAULT_TIMEOUT) -> CliResult:
         """Run ``keycast ARGS`` on this daemon's database and master key."""
@@ -772,10 +842,16 @@ class InteropFixture:
 
     # -- relays
 
-    async def local_relay(self, *, nip42: str | None = None) -> RelayProcess:
-        """nostr-sdk's LocalRelay: validating, in memory, drops ephemeral events."""
+    async def local_relay(
+        self, *, nip42: str | None = None, port: int | None = None
+    ) -> RelayProcess:
+        """nostr-sdk's LocalRelay: validating, in memory, drops ephemeral events.
+
+        Pass the ``port`` of a relay that was stopped to restart it where the
+        daemon expects it (relay outage tests), or a port nothing listens on yet.
+        """
         require_tool("nostr-sdk")
-        port = free_port()
+        port = free_port() if port is None else port
         argv = [sys.executable, str(INTEROP_DIR / "local_relay.py"), str(port)]
         if nip42 is not None:
             argv += ["--nip42", nip42]
@@ -783,12 +859,16 @@ class InteropFixture:
         match = await process.wait_for_line(r"^LOCAL_RELAY_READY (\S+)")
         return RelayProcess(url=match.group(1).rstrip("/"), port=port, process=process)
 
-    async def nostr_relay(self, *, auth: bool = False) -> RelayProcess:
-        """nostr-relay from PyPI: stores and replays kind 24133, throttles bad clients."""
+    async def nostr_relay(self, *, auth: bool = False, port: int | None = None) -> RelayProcess:
+        """nostr-relay from PyPI: stores and replays kind 24133, throttles bad clients.
+
+        Started again with the ``port`` of a stopped one, it reopens the same
+        SQLite file, so the events stored before the outage are replayed after it.
+        """
         require_tool("nostr-relay")
-        port = free_port()
+        port = free_port() if port is None else port
         directory = self.root / f"nostr-relay-{port}"
-        directory.mkdir()
+        directory.mkdir(exist_ok=True)
         template = string.Template((INTEROP_DIR / "nostr-relay.yaml.template").read_text())
         config = directory / "config.yaml"
         config.write_text(
