@@ -265,10 +265,10 @@ class ListAndRevokeTests(AdminTestCase):
     def test_locked_database(self) -> None:
         """A write while another process holds the lock fails as DatabaseLocked, not a crash."""
         self.add_key()
+        impatient = open_database(self.path, busy_timeout_ms=10)
+        self.addCleanup(impatient.close)
         blocker = sqlite3.connect(self.path)
         self.addCleanup(blocker.close)
         blocker.execute("BEGIN IMMEDIATE")
         self.addCleanup(blocker.rollback)
-        impatient = open_database(self.path, busy_timeout_ms=10)
-        self.addCleanup(impatient.close)
         self.assertRaises(DatabaseLocked, admin.add_key, impatient, self.cipher, "bob")

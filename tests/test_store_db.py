@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from keycast_tw.store.db import (
     database_uri,
@@ -218,22 +221,61 @@ class OpenErrorTests(SynchronousTestCase):
             reader.execute("INSERT INTO seen_requests VALUES ('a', 1)")
 
     def test_read_only_directory(self) -> None:
-        """A database in a directory we cannot write is DatabaseReadOnly (chmod; not as root)."""
-        if os.geteuid() == 0:
-            raise SkipTest("root ignores file permissions")
-        directory = self.mktemp()
+        """Creating a database on a read-only directory is DatabaseReadOnly."""
+        directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
-        os.chmod(directory, 0o500)
-        self.addCleanup(os.chmod, directory, 0o755)
-        with self.assertRaises(DatabaseReadOnly):
-            open_database(os.path.join(directory, "new.db"), create=True)
+        self.assertEqual(
+            _open_read_only(directory, os.path.join(directory, "new.db"), create=True),
+            "DatabaseReadOnly",
+        )
 
     def test_read_only_file(self) -> None:
-        """A 0444 database file is DatabaseReadOnly when written (chmod; not as root)."""
-        if os.geteuid() == 0:
-            raise SkipTest("root ignores file permissions")
+        """An existing database on a read-only directory is DatabaseReadOnly at open.
+
+        (In a writable directory SQLite's WAL mode keeps writing to the -wal file, so the
+        file mode alone does not make a database read-only.)
+        """
         path, conn = new_database(self.mktemp())
         conn.close()
-        os.chmod(path, 0o444)
-        with self.assertRaises(DatabaseReadOnly):
-            open_database(path)
+        path = os.path.abspath(path)
+        self.assertEqual(_open_read_only(os.path.dirname(path), path), "DatabaseReadOnly")
+
+
+def _open_read_only(directory: str, path: str, *, create: bool = False) -> str:
+    """Make ``directory`` read-only, run open_database(path) in a child, return the name of
+    what it raised ("ok" when nothing).
+
+    Root (as CI runs) writes through any file mode, so there the child gets a private mount
+    namespace in which ``directory`` is a read-only bind mount, as on a read-only volume;
+    otherwise the directory's mode is 0555.
+    """
+    code = (
+        "import sys\n"
+        "from keycast_tw.store.db import open_database\n"
+        "try:\n"
+        "    open_database(sys.argv[1], create=sys.argv[2] == '1').close()\n"
+        "    print('ok')\n"
+        "except Exception as error:\n"
+        "    print(type(error).__name__)\n"
+    )
+    python = [sys.executable, "-c", code, path, "1" if create else "0"]
+    if os.geteuid() == 0:
+        script = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" "$0" && exec "$@"'
+        argv = ["unshare", "--mount", "sh", "-c", script, directory, *python]
+    else:
+        os.chmod(directory, 0o555)  # noqa: S103 (read-only for everyone is the point)
+        argv = python
+    try:
+        result = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": REPO},
+        )
+    finally:
+        os.chmod(directory, 0o755)  # noqa: S103 (back to the usual mode for clean-up)
+    return result.stdout.strip() or result.stderr.strip()
+
+
+REPO = str(Path(__file__).resolve().parents[1])

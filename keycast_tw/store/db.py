@@ -90,6 +90,7 @@ def open_database(
             )
             connection_init(conn, busy_timeout_ms=busy_timeout_ms)
             migrate(conn)
+            ensure_writable(conn)
         except BaseException:
             if conn is not None:
                 conn.close()
@@ -101,7 +102,18 @@ def prepare_database(conn: sqlite3.Connection, path: str) -> int:
     """Migrate an already-open connection (the daemon's pool connection); returns the version."""
     with mapped_errors(path):
         migrate(conn)
+        ensure_writable(conn)
         return schema_version(conn)
+
+
+def ensure_writable(conn: sqlite3.Connection) -> None:
+    """Take and drop the write lock, so a read-only or locked database fails now, at start.
+
+    SQLite silently opens a file it cannot write read-only; without this check the first
+    write (a client's connect) would be where the operator learns of it.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("ROLLBACK")
 
 
 def schema_version(conn: sqlite3.Connection) -> int:
@@ -214,6 +226,10 @@ def map_sqlite_error(
     if primary == _SQLITE_CANTOPEN:
         if not os.path.exists(path):
             parent = os.path.dirname(os.path.abspath(path))
+            if os.path.isdir(parent) and not os.access(parent, os.W_OK | os.X_OK):
+                return DatabaseReadOnly(
+                    f"cannot create database {path}: directory {parent} is not writable"
+                )
             if os.path.isdir(parent):
                 return DatabaseMissing(f"database {path} does not exist; run `keycast init`")
             return DatabaseMissing(f"database directory {parent} does not exist")
