@@ -437,3 +437,22 @@ class StopTests(SynchronousTestCase):
         daemon.start()
         self.assertEqual(daemon.lock.path, daemon.db_path)
 
+
+
+class ThreadTests(SynchronousTestCase):
+    def test_crypto_pool_bounded_by_config(self) -> None:
+        """At most --crypto-threads crypto threads and --max-inflight requests in the engine."""
+        daemon = Daemon(self, options={"crypto-threads": "3", "max-inflight": "4"})
+        self.assertEqual(daemon.service.crypto_pool.max, 3)
+        self.assertEqual(daemon.service.crypto_pool.name, "keycast-crypto")
+        daemon.start()
+        daemon.connect_relay()
+        daemon.eose_all()
+        daemon.crypto.holding = True
+        bunker = daemon.bunkers[0].pubkey_hex
+        for _ in range(6):
+            daemon.deliver(FakeClient(bunker).request("ping", created_at=START))
+        self.assertEqual(daemon.service.dispatcher.inflight, 4)
+        self.assertEqual(daemon.service.stats.counts["none"]["overloaded"], 2)
+        daemon.release_crypto()
+        self.assertEqual(daemon.service.dispatcher.inflight, 0)
