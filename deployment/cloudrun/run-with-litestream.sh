@@ -15,8 +15,9 @@
 #                            litestream.yml reads it)
 #   LITESTREAM_CONFIG        Litestream's configuration (default /etc/litestream.yml)
 #   KEYCAST_REQUIRE_REPLICA  "true": refuse to start when the replica does not exist, so a wrong
-#                            bucket or path never starts a signer with an empty database. Set it
-#                            to "false" only for the very first deployment. (default "false")
+#                            bucket or path never starts a signer with an empty database (the
+#                            service sets it). "false" starts without a replica, which helps only
+#                            when a database file is already at DATABASE_PATH. (default "false")
 set -eu
 
 if [ $# -eq 0 ]; then
