@@ -211,6 +211,10 @@ class KeycastService(MultiService):
         self.relays.set_bunker_pubkeys(self.registry.bunker_pubkeys())
         self.metrics.set_authorizations(self.registry.counts())
         self.metrics.reloaded("ok")
+        # systemd's READY=1 means "started": the database is open and loaded. Waiting for a relay
+        # too would make a relay outage at boot a start-up failure and a restart loop, which
+        # cannot bring a relay back; the watchdog and /ready cover relay health instead.
+        self.notifier.ready(f"loaded {len(self.registry)} authorizations")
         self._check_ready()
 
     def _store_failed(self, failure: Failure) -> None:
@@ -264,7 +268,7 @@ class KeycastService(MultiService):
             return
         self._ready = True
         self.log.info("Unified signer daemon ready")
-        self.notifier.ready(f"serving {len(self.registry)} authorizations")
+        self.notifier.status(f"serving {len(self.registry)} authorizations")
 
     def healthy(self) -> bool:
         """Feed the systemd watchdog unless every relay has been gone for a long time."""

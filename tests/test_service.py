@@ -247,17 +247,20 @@ class ReadinessTests(SynchronousTestCase):
         self.assertEqual(daemon.service.readiness(), [])
 
     def test_ready_sent_once_to_notify_socket(self) -> None:
-        """READY=1 reaches NOTIFY_SOCKET once, when ready, not before and not again."""
+        """READY=1 goes out once the database is loaded, even with no relay yet, and only once;
+        readiness for requests is then reported as a STATUS update."""
         sock, address = notify_socket(self)
         daemon = Daemon(self, environ={"NOTIFY_SOCKET": address})
         daemon.start()
-        daemon.connect_relay()
         daemon.flush()
-        self.assertEqual([m for m in received(sock) if "READY=1" in m], [])
-        daemon.eose_all()
         ready = [m for m in received(sock) if "READY=1" in m]
         self.assertEqual(len(ready), 1)
-        self.assertIn("STATUS=serving 2 authorizations", ready[0])
+        self.assertIn("STATUS=loaded 2 authorizations", ready[0])
+        self.assertNotEqual(daemon.service.readiness(), [])
+        daemon.connect_relay()
+        daemon.flush()
+        daemon.eose_all()
+        self.assertIn("STATUS=serving 2 authorizations", received(sock))
         # Another subscription round (a reconnect, a reload) is not a second start.
         daemon.service.relay_subscribed(RELAY)
         daemon.service.relay_connected(RELAY)
