@@ -240,8 +240,8 @@ class AuthorizationTests(DaemonCase):
             "node",
             revoked_uri,
             [
-                {"op": "ping", "timeout_ms": 2500},
-                {"op": "sign_event", "event": NOTE, "timeout_ms": 2500},
+                {"op": "ping", "timeout_ms": 1500},
+                {"op": "sign_event", "event": NOTE, "timeout_ms": 1500},
             ],
             client_secret=client_secret,
             keep_going=True,
