@@ -112,7 +112,9 @@ class KeycastService(MultiService):
 
         self.metrics = Metrics()
         self.stats = RequestStats(self.metrics)
-        self.registry = Registry(accept=self._owned if config.shard_count > 1 else None)
+        self.registry = Registry(
+            accept=self._owned if config.shard_count > 1 else None, now=self._clock.seconds
+        )
         self.crypto_pool = ThreadPool(
             minthreads=0, maxthreads=config.crypto_threads, name="keycast-crypto"
         )
@@ -214,7 +216,7 @@ class KeycastService(MultiService):
         # systemd's READY=1 means "started": the database is open and loaded. Waiting for a relay
         # too would make a relay outage at boot a start-up failure and a restart loop, which
         # cannot bring a relay back; the watchdog and /ready cover relay health instead.
-        self.notifier.ready(f"loaded {len(self.registry)} authorizations")
+        self.notifier.ready(f"loaded {sum(self.registry.counts().values())} authorizations")
         self._check_ready()
 
     def _store_failed(self, failure: Failure) -> None:
@@ -268,7 +270,7 @@ class KeycastService(MultiService):
             return
         self._ready = True
         self.log.info("Unified signer daemon ready")
-        self.notifier.status(f"serving {len(self.registry)} authorizations")
+        self.notifier.status(f"serving {sum(self.registry.counts().values())} authorizations")
 
     def healthy(self) -> bool:
         """Feed the systemd watchdog unless every relay has been gone for a long time."""
@@ -289,9 +291,10 @@ class KeycastService(MultiService):
             "reasons": reasons,
             "shard": f"{self.config.shard_index}/{self.config.shard_count}",
             "authorizations": {
-                "total": len(self.registry),
+                "total": sum(counts.values()),
                 REGULAR: counts.get(REGULAR, 0),
                 OAUTH: counts.get(OAUTH, 0),
+                "refusing": self.registry.refusing_count(),
             },
             "relays": self.relays.status(),
             "relays_connected": self.relays.connected_count(),

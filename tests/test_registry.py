@@ -91,3 +91,20 @@ class RegistryTests(SynchronousTestCase):
         self.registry.update([_auth(1), _auth(2, kind=OAUTH), _auth(3, kind=OAUTH)], [])
         self.registry.update([_auth(3)], [2])
         self.assertEqual(self.registry.counts(), {"regular": 2})
+
+    def test_refused_authorizations_are_held_but_not_counted(self) -> None:
+        """A revoked or expired authorization still routes (for its error reply) but is not
+        counted as loaded; re-adding it after it expires re-files it."""
+        now = [100.0]
+        registry = Registry(now=lambda: now[0])
+        revoked, expiring = _auth(1), _auth(2)
+        revoked.revoked_at = 50
+        expiring.expires_at = 150
+        registry.update([revoked, expiring], [])
+        self.assertIs(registry.get(revoked.bunker_pubkey), revoked)
+        self.assertEqual((registry.counts(), registry.refusing_count()), ({"regular": 1}, 1))
+        now[0] = 200.0
+        registry.put(expiring)
+        self.assertEqual((registry.counts(), registry.refusing_count()), ({}, 2))
+        registry.update([], [1, 2])
+        self.assertEqual((len(registry), registry.refusing_count()), (0, 0))

@@ -283,7 +283,9 @@ class StatusTests(SynchronousTestCase):
             },
             set(status),
         )  # fmt: skip
-        self.assertEqual(status["authorizations"], {"total": 2, "regular": 2, "oauth": 0})
+        self.assertEqual(
+            status["authorizations"], {"total": 2, "regular": 2, "oauth": 0, "refusing": 0}
+        )
         self.assertEqual(status["shard"], "0/1")
         self.assertEqual(status["last_reload"]["kind"], "load")
         self.assertEqual([r["url"] for r in status["relays"]], [RELAY])

@@ -65,18 +65,23 @@ class FullLoadTests(LoaderTestBase):
         self.assertIs(auth.kind, OAUTH)
 
     def test_only_live_rows_and_sessions(self) -> None:
-        """Revoked and expired rows are not loaded; sessions map client -> active."""
+        """Rows revoked or expired longer than the refusal grace are not loaded; recent ones
+        are, to be refused; sessions map client -> active."""
+        grace = self.loader.refusal_grace
         live, _ = add_authorization(self.conn, self.cipher, self.key_id, expires_at=NOW + 10)
-        add_authorization(self.conn, self.cipher, self.key_id, expires_at=NOW)
-        add_authorization(self.conn, self.cipher, self.key_id, revoked_at=NOW - 1)
+        expired, _ = add_authorization(self.conn, self.cipher, self.key_id, expires_at=NOW)
+        revoked, _ = add_authorization(self.conn, self.cipher, self.key_id, revoked_at=NOW - 1)
+        add_authorization(self.conn, self.cipher, self.key_id, expires_at=NOW - grace)
+        add_authorization(self.conn, self.cipher, self.key_id, revoked_at=NOW - grace - 1)
         self.conn.executemany(
             "INSERT INTO client_sessions VALUES (?, ?, 1, 1, ?)",
             [(live, "c1", None), (live, "c2", 5)],
         )
         self.conn.commit()
-        (auth,) = self.loader.load_all(self.conn, NOW).authorizations
-        self.assertEqual(auth.id, live)
-        self.assertEqual(auth.sessions, {"c1": True, "c2": False})
+        auths = {a.id: a for a in self.loader.load_all(self.conn, NOW).authorizations}
+        self.assertEqual(sorted(auths), sorted([live, expired, revoked]))
+        self.assertEqual([a.id for a in auths.values() if a.is_live(NOW)], [live])
+        self.assertEqual(auths[live].sessions, {"c1": True, "c2": False})
 
     def test_bad_rows_skipped_and_named(self) -> None:
         """Bad relays JSON, bad policy config, wrong same-key pubkey: skipped with ERROR by id."""
@@ -124,8 +129,8 @@ class ReloadTests(LoaderTestBase):
         self.assertEqual(removals, [])
         self.assertEqual(self.loader.reload(self.conn, new_seq, NOW), (new_seq, [], []))
 
-    def test_revoked_and_expired_become_removals(self) -> None:
-        """A revoke and an expiry change are removals."""
+    def test_revoked_and_expired_are_refused_then_removed(self) -> None:
+        """A revoke and an expiry are upserts the engine refuses; past the grace, removals."""
         other, _ = add_authorization(self.conn, self.cipher, self.key_id)
         seq = self.loader.reload(self.conn, self.seq, NOW).new_seq
         self.conn.execute(
@@ -134,6 +139,11 @@ class ReloadTests(LoaderTestBase):
         self.conn.execute("UPDATE authorizations SET expires_at = ? WHERE id = ?", (NOW, other))
         self.conn.commit()
         _, upserts, removals = self.loader.reload(self.conn, seq, NOW)
+        self.assertEqual(sorted(a.id for a in upserts), sorted([self.auth_id, other]))
+        self.assertEqual(removals, [])
+        self.assertFalse(any(a.is_live(NOW) for a in upserts))
+        late = NOW + self.loader.refusal_grace
+        _, upserts, removals = self.loader.reload(self.conn, seq, late)
         self.assertEqual((upserts, sorted(removals)), ([], sorted([self.auth_id, other])))
 
     def test_policy_change_is_reread(self) -> None:
@@ -169,18 +179,20 @@ class ReloadTests(LoaderTestBase):
 
 class ExpiryQueueTests(LoaderTestBase):
     def test_due_only_when_expired_and_current(self) -> None:
-        """Expired entries come out once; replaced or removed entries are ignored."""
+        """Expiry comes out once, then the end of refusal; removed entries are ignored."""
         soon, _ = add_authorization(self.conn, self.cipher, self.key_id, expires_at=NOW + 10)
         later, _ = add_authorization(self.conn, self.cipher, self.key_id, expires_at=NOW + 100)
         add_authorization(self.conn, self.cipher, self.key_id)
         registry = Registry()
         auths = self.loader.load_all(self.conn, NOW).authorizations
         registry.replace_all(auths)
-        queue = ExpiryQueue()
+        queue = ExpiryQueue(grace=50)
         queue.reset(auths)
-        self.assertEqual(len(queue), 2)
-        self.assertEqual(queue.due(registry, NOW + 9), [])
-        self.assertEqual(queue.due(registry, NOW + 10), [soon])
+        self.assertEqual(len(queue), 4)
+        self.assertEqual(queue.due(registry, NOW + 9), ([], []))
+        expired, dropped = queue.due(registry, NOW + 10)
+        self.assertEqual(([a.id for a in expired], dropped), ([soon], []))
+        self.assertEqual(queue.due(registry, NOW + 60), ([], [soon]))
         registry.remove(later)
-        self.assertEqual(queue.due(registry, NOW + 1000), [])
+        self.assertEqual(queue.due(registry, NOW + 1000), ([], []))
         self.assertEqual(len(queue), 0)

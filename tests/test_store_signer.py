@@ -252,16 +252,24 @@ class StoreServiceTests(TestCase):
         self.assertEqual(rebuilt.sessions, {"client": True})
 
     async def test_expiry_sweep(self) -> None:
-        """An authorization that expires after load leaves the registry on the sweep."""
+        """An expired authorization is refused (not counted) for the grace, then dropped."""
         conn = self.writer()
         expiring, _ = add_authorization(conn, self.cipher, self.key_id, expires_at=NOW + 60)
         now = [float(NOW)]
-        service = self.service(now=lambda: now[0])
+        self.registry = Registry(now=lambda: now[0])
+        service = self.service(now=lambda: now[0], refusal_grace=100)
         await service.ready
+        live = sum(self.registry.counts().values())
         self.assertEqual(service.sweep_expired(), [])
         now[0] += 61
+        self.assertEqual(service.sweep_expired(), [])
+        self.assertIsNotNone(self.registry.by_id(expiring))
+        self.assertEqual(sum(self.registry.counts().values()), live - 1)
+        self.assertEqual(self.registry.refusing_count(), 1)
+        now[0] += 100
         self.assertEqual(service.sweep_expired(), [expiring])
         self.assertIsNone(self.registry.by_id(expiring))
+        self.assertEqual(self.registry.refusing_count(), 0)
 
     async def test_missing_database(self) -> None:
         """A missing database fails ready with DatabaseMissing and creates no file."""

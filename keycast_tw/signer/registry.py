@@ -6,6 +6,7 @@ its subscriptions matching the set of bunker pubkeys. Only touched on the reacto
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
@@ -20,12 +21,24 @@ class Registry:
     ``accept`` decides which authorizations this daemon serves at all: with ``--shard K/N`` the
     others are never indexed, so the engine cannot route to them and the relays never subscribe
     for them, whatever the loader hands over.
+
+    Revoked or expired authorizations may be held too, for a while, so their clients get an
+    error reply instead of silence; ``counts`` leaves them out (they are ``refusing_count``).
+    Whether one is live is decided when it is added, with ``now``; the store re-adds an
+    authorization when it expires.
     """
 
-    def __init__(self, accept: Callable[[Authorization], bool] | None = None) -> None:
+    def __init__(
+        self,
+        accept: Callable[[Authorization], bool] | None = None,
+        *,
+        now: Callable[[], float] = time.time,
+    ) -> None:
         self._by_pubkey: dict[str, Authorization] = {}
         self._by_id: dict[int, Authorization] = {}
         self._kinds: Counter[str] = Counter()
+        self._refusing: set[int] = set()
+        self._now = now
         self._accept = accept
         self._listeners: list[PubkeySetListener] = []
 
@@ -46,8 +59,12 @@ class Registry:
         return frozenset(self._by_pubkey)
 
     def counts(self) -> dict[str, int]:
-        """Number of authorizations by kind (regular, oauth); kept as they change, not counted."""
+        """Live authorizations by kind (regular, oauth); kept as they change, not counted."""
         return {kind: count for kind, count in self._kinds.items() if count}
+
+    def refusing_count(self) -> int:
+        """Revoked or expired authorizations still held to answer their clients with an error."""
+        return len(self._refusing)
 
     def add_listener(self, listener: PubkeySetListener) -> None:
         """Call ``listener(added, removed)`` whenever the set of bunker pubkeys changes."""
@@ -89,18 +106,28 @@ class Registry:
         removed = frozenset(before - by_pubkey.keys()) if self._listeners else frozenset()
         self._by_id = by_id
         self._by_pubkey = by_pubkey
-        self._kinds = Counter(auth.kind for auth in by_id.values())
+        now = self._now()
+        self._refusing = {auth.id for auth in by_id.values() if not auth.is_live(now)}
+        self._kinds = Counter(
+            auth.kind for auth in by_id.values() if auth.id not in self._refusing
+        )
         self._notify(added, removed)
 
     def _add(self, auth: Authorization) -> None:
         self._by_id[auth.id] = auth
         self._by_pubkey[auth.bunker_pubkey] = auth
-        self._kinds[auth.kind] += 1
+        if auth.is_live(self._now()):
+            self._kinds[auth.kind] += 1
+        else:
+            self._refusing.add(auth.id)
 
     def _drop(self, authorization_id: int) -> tuple[str, ...]:
         old = self._by_id.pop(authorization_id, None)
         if old is not None:
-            self._kinds[old.kind] -= 1
+            if authorization_id in self._refusing:
+                self._refusing.discard(authorization_id)
+            else:
+                self._kinds[old.kind] -= 1
         if old is not None and self._by_pubkey.get(old.bunker_pubkey) is old:
             del self._by_pubkey[old.bunker_pubkey]
             return (old.bunker_pubkey,)

@@ -45,6 +45,8 @@ _PUBKEY = re.compile(r"[0-9a-f]{64}")
 _FETCH = 10_000
 _IN_CHUNK = 500
 MAX_SKIP_LINES = 100
+#: How long a revoked or expired authorization keeps getting error replies before it is dropped.
+REFUSAL_GRACE = 7 * 24 * 3600
 
 
 class StoredSecret:
@@ -102,8 +104,9 @@ class AuthorizationLoader:
 
     log = Logger()
 
-    def __init__(self, cipher: SecretCipher) -> None:
+    def __init__(self, cipher: SecretCipher, *, refusal_grace: int = REFUSAL_GRACE) -> None:
         self.cipher = cipher
+        self.refusal_grace = refusal_grace
         self.skipped = 0
         self._user_keys: dict[int, KeySource] = {}
         self._policies: dict[int, Policy | _BadPolicy] = {}
@@ -111,7 +114,12 @@ class AuthorizationLoader:
         self._logged_skips = 0
 
     def load_all(self, conn: sqlite3.Connection, now: int) -> LoadResult:
-        """Every live (not revoked, not expired) authorization, and the change_seq they reflect."""
+        """Every authorization to serve or to refuse, and the change_seq they reflect.
+
+        Revoked and expired ones stay for ``refusal_grace`` seconds, so that their clients get
+        an "authorization revoked/expired" error reply instead of silence (the engine checks
+        liveness per request); after that they are dropped and their pubkey unsubscribed.
+        """
         self.skipped = 0
         self._logged_skips = 0
         self._relays = {}
@@ -121,18 +129,22 @@ class AuthorizationLoader:
             self._read_user_keys(conn.execute(_SELECT_USER_KEYS))
             self._policies = {}
             self._read_policies(conn, None)
-            live = "revoked_at IS NULL AND (expires_at IS NULL OR expires_at > :now)"
+            kept = (
+                "(revoked_at IS NULL OR revoked_at > :cutoff)"
+                " AND (expires_at IS NULL OR expires_at > :cutoff)"
+            )
+            cutoff = {"cutoff": now - self.refusal_grace}
             sessions = _sessions(
                 conn.execute(
                     "SELECT authorization_id, client_pubkey, logged_out_at IS NULL"  # noqa: S608
                     " FROM client_sessions WHERE authorization_id IN"
-                    f" (SELECT id FROM authorizations WHERE {live})",
-                    {"now": now},
+                    f" (SELECT id FROM authorizations WHERE {kept})",
+                    cutoff,
                 )
             )
             cursor = conn.execute(
-                f"SELECT {_AUTH_COLUMNS} FROM authorizations WHERE {live}",  # noqa: S608
-                {"now": now},
+                f"SELECT {_AUTH_COLUMNS} FROM authorizations WHERE {kept}",  # noqa: S608
+                cutoff,
             )
             auths = []
             for row in _rows(cursor):
@@ -146,7 +158,8 @@ class AuthorizationLoader:
     def reload(self, conn: sqlite3.Connection, since_seq: int, now: int) -> ReloadResult:
         """What changed after ``since_seq``: O(changes) through the change_seq index.
 
-        Revoked and expired rows, and rows that can no longer be served, become removals.
+        Rows revoked or expired for longer than the refusal grace, and rows that can no longer
+        be served, become removals; recently revoked ones are upserts the engine refuses.
         Policies of changed rows are re-read, so a permission change takes effect.
         """
         self.skipped = 0
@@ -160,7 +173,7 @@ class AuthorizationLoader:
                 " WHERE change_seq > ? ORDER BY change_seq",
                 (since_seq,),
             ).fetchall()
-            live = [row for row in rows if _is_live(row, now)]
+            live = [row for row in rows if _kept(row, now - self.refusal_grace)]
             missing_keys = {row[2] for row in live if row[2] not in self._user_keys}
             for chunk in _chunks(sorted(missing_keys)):
                 self._read_user_keys(
@@ -189,7 +202,7 @@ class AuthorizationLoader:
         upserts: list[Authorization] = []
         removals: list[int] = []
         for row in rows:
-            if not _is_live(row, now):
+            if not _kept(row, now - self.refusal_grace):
                 removals.append(row[0])
                 continue
             try:
@@ -311,9 +324,12 @@ class AuthorizationLoader:
             )
 
 
-def _is_live(row: Sequence[Any], now: int) -> bool:
+def _kept(row: Sequence[Any], cutoff: int) -> bool:
+    """Whether a row belongs in the registry: live, or revoked/expired after ``cutoff``."""
     expires_at, revoked_at = row[9], row[10]
-    return revoked_at is None and (expires_at is None or expires_at > now)
+    return (revoked_at is None or revoked_at > cutoff) and (
+        expires_at is None or expires_at > cutoff
+    )
 
 
 def _counter(conn: sqlite3.Connection) -> int:

@@ -31,7 +31,7 @@ from keycast_tw.store.crypto import SecretCipher, open_cipher
 from keycast_tw.store.db import BUSY_TIMEOUT_MS, connection_init, database_uri, prepare_database
 from keycast_tw.store.expiry import ExpiryQueue
 from keycast_tw.store.kms import GcpKms
-from keycast_tw.store.loader import AuthorizationLoader
+from keycast_tw.store.loader import REFUSAL_GRACE, AuthorizationLoader
 from keycast_tw.store.runner import DB_TIMEOUT, PoolRunner, Runner
 from keycast_tw.store.signer_store import SqliteSignerStore
 
@@ -69,6 +69,7 @@ class StoreService(Service):
         reconcile_interval: float | None = 3600.0,
         prune_interval: float | None = 300.0,
         replay_window: int = 600,
+        refusal_grace: int = REFUSAL_GRACE,
         busy_timeout_ms: int = BUSY_TIMEOUT_MS,
         runner_factory: Callable[[StoreService], Runner] | None = None,
         now: Callable[[], float] = time.time,
@@ -88,7 +89,8 @@ class StoreService(Service):
         self._pool: ConnectionPool | None = None
         self._runner: Runner | None = None
         self._loader: AuthorizationLoader | None = None
-        self._expiry = ExpiryQueue()
+        self._refusal_grace = refusal_grace
+        self._expiry = ExpiryQueue(refusal_grace)
         self._lock = DeferredLock()
         self._loops: list[LoopingCall] = []
         self._seq = 0
@@ -151,7 +153,7 @@ class StoreService(Service):
             master_key_path=self._master_key_path,
             kms=self._kms,
         )
-        self._loader = AuthorizationLoader(self.cipher)
+        self._loader = AuthorizationLoader(self.cipher, refusal_grace=self._refusal_grace)
         await self.reconcile()
         reload_interval, sweep_interval, reconcile_interval, prune_interval = self._intervals
         self._every(reload_interval, self.reload)
@@ -220,7 +222,7 @@ class StoreService(Service):
         counts = self.registry.counts()
         self.log.info(
             "Loaded {total} total authorizations ({regular} regular + {oauth} OAuth)",
-            total=len(self.registry),
+            total=sum(counts.values()),
             regular=counts.get(REGULAR, 0),
             oauth=counts.get(OAUTH, 0),
         )
@@ -237,12 +239,20 @@ class StoreService(Service):
         )
 
     def sweep_expired(self) -> list[int]:
-        """Drop authorizations whose expires_at has passed from the registry."""
-        expired = self._expiry.due(self.registry, self._now())
-        if expired:
-            self.registry.update([], expired)
-            self.log.info("Removed {count} expired authorizations", count=len(expired))
-        return expired
+        """Re-file authorizations that expired as refused, and drop those refused long enough.
+
+        Returns the ids dropped from the registry.
+        """
+        expired, dropped = self._expiry.due(self.registry, self._now())
+        if expired or dropped:
+            self.registry.update(expired, dropped)
+        if dropped:
+            self.log.info(
+                "Dropped {count} authorizations revoked or expired over {days:g} days ago",
+                count=len(dropped),
+                days=self._refusal_grace / 86400,
+            )
+        return dropped
 
     def prune_seen_requests(self) -> Deferred[int]:
         """Forget replay claims older than twice the created_at window."""
