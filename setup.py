@@ -1,14 +1,15 @@
 """Packaging for keycast-tw, a NIP-46 remote signer daemon on Twisted."""
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 setup(
     name="keycast-tw",
     version="0.1.0",
     description="NIP-46 remote signer (bunker) for Nostr, on Twisted and Autobahn",
     python_requires=">=3.11",
-    packages=find_packages(include=["keycast_tw", "keycast_tw.*"]) + ["twisted.plugins"],
-    package_data={"keycast_tw": ["py.typed", "store/migrations/*.sql"]},
+    # Namespace discovery so the SQL migrations directory ships as package data.
+    packages=[*find_namespace_packages(include=["keycast_tw", "keycast_tw.*"]), "twisted.plugins"],
+    package_data={"keycast_tw": ["py.typed"], "keycast_tw.store.migrations": ["*.sql"]},
     include_package_data=True,
     install_requires=[
         "twisted[tls]>=24.7.0",

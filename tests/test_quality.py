@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 from twisted.application.service import IServiceMaker
@@ -36,6 +37,20 @@ class QualityTests(SynchronousTestCase):
 
         tapnames = {maker.tapname for maker in getPlugins(IServiceMaker, twisted.plugins)}
         self.assertIn("keycast", tapnames)
+
+    def test_wheel_ships_plugin_and_migrations(self) -> None:
+        """The built wheel carries the plugin (without twisted/__init__.py) and the SQL."""
+        out = Path(self.mktemp()).resolve()
+        result = _run("pip", "wheel", "--no-deps", "-w", str(out), ".")
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        (wheel,) = out.glob("keycast_tw-*.whl")
+        with zipfile.ZipFile(wheel) as archive:
+            names = set(archive.namelist())
+        self.assertIn("twisted/plugins/keycast_plugin.py", names)
+        self.assertNotIn("twisted/__init__.py", names)
+        self.assertNotIn("twisted/plugins/__init__.py", names)
+        self.assertIn("keycast_tw/store/migrations/0001_initial.sql", names)
+        self.assertIn("keycast_tw/py.typed", names)
 
     def test_no_init_in_twisted_plugins(self) -> None:
         """twisted/ and twisted/plugins/ must not be packages, or they would shadow Twisted's."""
