@@ -44,12 +44,11 @@ class QueuedRunner:
 
     def run_next(self) -> None:
         fn, args, d = self.queue.pop(0)
-        try:
-            result = fn(self.conn, *args)
-        except Exception:
-            d.errback()
-        else:
-            d.callback(result)
+        ConnectionRunner(self.conn)(fn, *args).chainDeferred(d)
+
+    def run_all(self) -> None:
+        while self.queue:
+            self.run_next()
 
 
 def record(method: str = "sign_event") -> ActivityRecord:
@@ -328,3 +327,30 @@ class StoreServiceTimerTests(SynchronousTestCase):
         self.clock.advance(0.5)
         self.assertIsNone(self.service.last_reload.error)
         self.assertIsNotNone(self.registry.get(pubkey))
+
+
+class StoreServiceStopTests(SynchronousTestCase):
+    """Stopping while the database thread is busy."""
+
+    def test_stop_waits_for_a_reload_in_flight(self) -> None:
+        """stopService closes the pool only after a running reload is done, never mid-call."""
+        db_path, conn = new_database(self.mktemp())
+        key_path = os.path.join(os.path.dirname(db_path), "master.key")
+        create_master_key_file(key_path)
+        runner = QueuedRunner(conn)
+        service = StoreService(
+            database_path=db_path,
+            registry=Registry(),
+            reactor=Clock(),
+            master_key_path=key_path,
+            runner_factory=lambda service: runner,
+        )
+        service.startService()
+        runner.run_all()
+        self.successResultOf(service.ready)
+        reloading = service.reload()
+        stopping = service.stopService()
+        self.assertNoResult(stopping)
+        runner.run_next()
+        self.successResultOf(reloading)
+        self.successResultOf(stopping)

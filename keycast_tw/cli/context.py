@@ -25,8 +25,9 @@ from twisted.python.failure import Failure
 
 from keycast_tw.cli.output import table, to_json
 from keycast_tw.config import KeycastConfig
-from keycast_tw.store.crypto import SecretCipher, open_cipher, sync_runner
+from keycast_tw.store.crypto import SecretCipher, open_cipher
 from keycast_tw.store.db import open_database
+from keycast_tw.store.runner import ConnectionRunner
 
 T = TypeVar("T")
 
@@ -46,7 +47,7 @@ class CliError(Exception):
 @dataclass
 class Context:
     config: KeycastConfig
-    environ: Mapping[str, str]
+    environ: Mapping[str, str] = field(repr=False)  # may hold credentials
     stdin: TextIO
     stdout: TextIO
     stderr: TextIO
@@ -98,7 +99,7 @@ class Context:
             kms = GcpKms(self.config.kms.key_resource, api_base=self.config.kms.api_base)
         return wait_for(
             open_cipher(
-                sync_runner(self.database()),
+                ConnectionRunner(self.database(), self.config.database_path),
                 master_key_path=self.config.master_key_path,
                 kms=kms,
             )

@@ -277,9 +277,3 @@ async def open_cipher(
         raise MasterKeyError("master key does not match this database")
     return cipher
 
-
-def sync_runner(conn: sqlite3.Connection) -> ConnRunner[Any]:
-    """A conn_runner over a connection used directly on this thread (the CLI)."""
-    from keycast_tw.store.runner import ConnectionRunner
-
-    return ConnectionRunner(conn)

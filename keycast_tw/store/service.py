@@ -11,7 +11,6 @@ deleted outright, which leave no change_seq behind).
 from __future__ import annotations
 
 import functools
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.enterprise.adbapi import ConnectionPool
-from twisted.internet.defer import Deferred, DeferredLock, succeed
+from twisted.internet.defer import Deferred, DeferredLock, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -63,7 +62,6 @@ class StoreService(Service):
         reactor: Any,
         master_key_path: str | None = None,
         kms: GcpKms | None = None,
-        create: bool = False,
         reload_interval: float | None = 0.5,
         sweep_interval: float | None = 30.0,
         reconcile_interval: float | None = 3600.0,
@@ -80,7 +78,6 @@ class StoreService(Service):
         self._clock: IReactorTime = reactor
         self._master_key_path = master_key_path
         self._kms = kms
-        self._create = create
         self._intervals = (reload_interval, sweep_interval, reconcile_interval, prune_interval)
         self._replay_window = replay_window
         self._busy_timeout_ms = busy_timeout_ms
@@ -113,16 +110,29 @@ class StoreService(Service):
             if loop.running:
                 loop.stop()
         self._loops = []
-        d = self.store.stop() if self._runner is not None else succeed(None)
+        d = self._lock.run(self._finish_work)
         d.addErrback(lambda _: None)
         d.addBoth(lambda _: self._close_pool())
         return d
 
+    def _finish_work(self) -> Deferred[None]:
+        """Flush queued activity rows; runs under the reload lock, after any reload in flight.
+
+        The pool's one thread runs calls in order, so once this flush is written every earlier
+        call is done too. Closing the pool joins that thread on the reactor thread: it must find
+        it idle, or the reactor would block on a database call.
+        """
+        return self.store.stop() if self._runner is not None else succeed(None)
+
     def open_pool(self) -> ConnectionPool:
-        """The adbapi pool: one thread, one connection, created at start (never in makeService)."""
+        """The adbapi pool: one thread, one connection, created at start (never in makeService).
+
+        It never creates the database file: `keycast init` does. A daemon that made an empty
+        database on a fresh volume would serve zero authorizations (reference B22).
+        """
         pool = ConnectionPool(  # type: ignore[no-untyped-call]
             "sqlite3",
-            database_uri(self.database_path, create=self._create),
+            database_uri(self.database_path, create=False),
             uri=True,
             check_same_thread=False,
             cp_min=1,
@@ -144,8 +154,6 @@ class StoreService(Service):
         return self._runner(fn, *args, timeout=timeout)
 
     async def _start(self) -> None:
-        if self._create:
-            os.makedirs(os.path.dirname(os.path.abspath(self.database_path)), exist_ok=True)
         await self._run(prepare_database, self.database_path, timeout=None)
         self.log.info("Database initialized")
         self.cipher = await open_cipher(
@@ -165,10 +173,20 @@ class StoreService(Service):
     def _failed_start(self, failure: Failure) -> None:
         self.ready.errback(failure)
 
+    def _never_fails(self, work: Callable[[], object]) -> Deferred[None]:
+        """Run one periodic task; a LoopingCall stops on a failure, so log it and carry on."""
+        d: Deferred[object] = maybeDeferred(work)
+        d.addErrback(
+            lambda failure: self.log.error(
+                "Periodic store task failed: {error}", error=failure.getErrorMessage()
+            )
+        )
+        return d.addCallback(lambda _: None)
+
     def _every(self, interval: float | None, work: Callable[[], object]) -> None:
         if interval is None:
             return
-        loop = LoopingCall(_never_fails(work))
+        loop = LoopingCall(self._never_fails, work)
         loop.clock = self._clock
         loop.start(interval, now=False)
         self._loops.append(loop)
@@ -299,22 +317,3 @@ def _merge_sessions(registry: Registry, auths: list[Authorization]) -> list[Auth
         if old is not None and old.sessions:
             auth.sessions = {**(auth.sessions or {}), **old.sessions}
     return auths
-
-
-def _never_fails(work: Callable[[], object]) -> Callable[[], Deferred[None]]:
-    """A LoopingCall stops on the first failure; log it and keep the timer alive."""
-    log = Logger()
-
-    def run() -> Deferred[None]:
-        d: Deferred[Any] = Deferred()
-        d.addCallback(lambda _: work())
-        d.addErrback(
-            lambda failure: log.error(
-                "Periodic store task failed: {error}", error=failure.getErrorMessage()
-            )
-        )
-        d.addCallback(lambda _: None)
-        d.callback(None)
-        return d
-
-    return run
