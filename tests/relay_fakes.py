@@ -25,6 +25,8 @@ class FakeRelayServer(WebSocketServerProtocol):
     """An in-memory relay: records what the client sends, sends what the test says."""
 
     received: list[Any]
+    #: The close code and reason the client sent, (None, None) if it sent no close frame.
+    close_frame: tuple[int | None, str | None] | None = None
 
     def onConnect(self, request: Any) -> None:
         self.received = []
@@ -32,6 +34,9 @@ class FakeRelayServer(WebSocketServerProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.received.append(orjson.loads(payload))
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.close_frame = (self.remoteCloseCode, self.remoteCloseReason)
 
     def send(self, *message: Any) -> None:
         self.sendMessage(orjson.dumps(list(message)))

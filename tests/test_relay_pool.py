@@ -98,6 +98,8 @@ class Harness:
     def stop(self) -> None:
         self.pool.stopService()
         self.flush()
+        self.clock.advance(0)
+        self.flush()
 
 
 class SubscriptionTests(SynchronousTestCase):
@@ -549,5 +551,85 @@ class StatusTests(SynchronousTestCase):
         self.assertNotEqual(h.clock.getDelayedCalls(), [])
         stopped = h.pool.stopService()
         h.flush()
+        h.clock.advance(0)
+        self.successResultOf(stopped)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+
+class StopTests(SynchronousTestCase):
+    def test_stop_sends_close_frame(self) -> None:
+        """Stopping closes each open WebSocket with code 1000 and logs a clean close, no 1006
+        and no reconnect; the ClientService stops once the relay has answered."""
+        h = Harness(self, urls=(A, B))
+        h.pool.set_bunker_pubkeys(keys(1))
+        sa, sb = h.connect(A), h.connect(B)
+        with capturedLogs() as logs:
+            stopped = h.pool.stopService()
+            self.assertNoResult(stopped)
+            h.flush()
+            h.clock.advance(0)
+        self.successResultOf(stopped)
+        self.assertEqual(sa.close_frame, (1000, "keycast shutting down"))
+        self.assertEqual(sb.close_frame, (1000, "keycast shutting down"))
+        closes = [e for e in logs if "closed for shutdown" in e["log_format"]]
+        self.assertEqual(sorted(e["relay_url"] for e in closes), [A, B])
+        self.assertEqual({e["code"] for e in closes}, {1000})
+        self.assertEqual(h.observer.of("reconnect"), [])
+        self.assertFalse(any("retry" in e["log_format"] or "reconnect" in e["log_format"]
+                             for e in logs))
+        self.assertEqual(h.status(A)["reconnects"], 0)
+        self.assertEqual(h.pool.connected_count(), 0)
+        self.assertFalse(any(client.running for client in h.pool))
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_stop_completion_may_stop_again(self) -> None:
+        """Whoever waits on the stop may call into the pool again (no automat re-entrancy)."""
+        h = Harness(self)
+        h.connect()
+        again: list[object] = []
+        stopped = h.pool.stopService()
+        stopped.addCallback(lambda _: h.pool.stopService()).addCallback(again.append)
+        h.flush()
+        h.clock.advance(0)
+        self.successResultOf(stopped)
+        self.assertEqual(again, [None])
+
+    def test_stop_without_connection_is_immediate(self) -> None:
+        """With no WebSocket open there is nothing to close: the stop completes at once."""
+        h = Harness(self, urls=(A, B))
+        h.endpoints[A].attempts[-1].refuse()
+        stopped = h.pool.stopService()
+        self.successResultOf(stopped)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_stop_bounded_when_relay_never_answers(self) -> None:
+        """A relay that never answers the close frame is dropped after close_timeout."""
+        h = Harness(self, close_timeout=0.5)
+        h.connect()
+        stopped = h.pool.stopService()
+        h.clock.advance(0.4)
+        self.assertNoResult(stopped)
+        h.clock.advance(0.1)
+        h.flush()
+        h.clock.advance(0)
+        self.successResultOf(stopped)
+        self.assertEqual(h.pool.connected_count(), 0)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_slow_relay_does_not_let_another_reconnect(self) -> None:
+        """A relay that closed is stopped at once, even while another one is still closing."""
+        h = Harness(self, urls=(A, B), initial_delay=0.1, close_timeout=1.0)
+        h.connect(A)
+        h.connect(B)
+        stopped = h.pool.stopService()
+        pump_a = h.endpoints[A].attempts[-1].pump
+        assert pump_a is not None
+        pump_a.flush()
+        h.clock.advance(0)
+        h.clock.advance(0.5)
+        self.assertNoResult(stopped)
+        self.assertEqual(len(h.endpoints[A].attempts), 1)
+        h.flush()
+        h.clock.advance(0)
         self.successResultOf(stopped)
         self.assertEqual(h.clock.getDelayedCalls(), [])

@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
@@ -184,3 +185,19 @@ class LiveRelayTests(TestCase):
         await watcher.until(lambda: pool.connected_count() == 1)
         await pool.stopService()
         await factory.until(lambda: factory.lost == 2)
+
+    async def test_stop_closes_cleanly(self) -> None:
+        """Stopping the pool sends the relay a close frame (1000) over real TCP, waits for the
+        relay's answer, and logs a clean close with no reconnect."""
+        ca = make_ca()
+        factory, port = await self._listen(server_options(issue(ca, "localhost")))
+        pool, watcher = self._pool(f"wss://localhost:{port}", trust_root(ca))
+        await watcher.until(lambda: pool.connected_count() == 1)
+        with capturedLogs() as logs:
+            await pool.stopService()
+        await factory.until(lambda: factory.lost == 1)
+        self.assertEqual(factory.servers[0].close_frame, (1000, "keycast shutting down"))
+        closes = [e["code"] for e in logs if "closed for shutdown" in e["log_format"]]
+        self.assertEqual(closes, [1000])
+        self.assertFalse(any("retry" in e["log_format"] for e in logs))
+        self.assertEqual(pool.status()[0]["reconnects"], 0)

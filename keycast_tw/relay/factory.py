@@ -46,6 +46,10 @@ class RelayClientFactory(WebSocketClientFactory):
             autoPingTimeout=options.auto_ping_timeout,
             maxMessagePayloadSize=options.max_message_size,
             maxFramePayloadSize=options.max_message_size,
+            # After our close frame is answered, Autobahn would wait for the relay to drop TCP
+            # on a timer of txaio's global reactor; the pool's close_timeout, on the injected
+            # clock, bounds that wait instead.
+            serverConnectionDropTimeout=0,
         )
 
     def buildProtocol(self, addr: IAddress | None) -> RelayClientProtocol:

@@ -39,6 +39,8 @@ class RelayOptions:
     eose_timeout: float = 30.0
     dedup_size: int = 50_000
     max_events_per_second: float = 1000.0
+    # On stop: how long to wait for relays to answer our close frame before dropping TCP.
+    close_timeout: float = 2.0
 
     def __post_init__(self) -> None:
         positive = {
@@ -53,6 +55,7 @@ class RelayOptions:
             "eose_timeout": self.eose_timeout,
             "dedup_size": self.dedup_size,
             "max_events_per_second": self.max_events_per_second,
+            "close_timeout": self.close_timeout,
         }
         for name, value in positive.items():
             if not value > 0:

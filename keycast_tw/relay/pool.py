@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.application.internet import ClientService
-from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from keycast_tw.relay.endpoint import endpoint_for_url as _endpoint_for_url
@@ -29,6 +30,10 @@ from keycast_tw.relay.subscription import FIREHOSE_ID, plan_filters
 
 EndpointForURL = Callable[[Any, str], IStreamClientEndpoint]
 OnEvent = Callable[[str, dict[str, Any]], None]
+
+
+def _no_value(result: object, timeout: float) -> None:
+    """``addTimeout``'s ``onTimeoutCancel``: a timed-out wait is not an error."""
 
 
 @dataclass
@@ -61,6 +66,7 @@ class RelayPool(MultiService):
         self._on_event = on_event
         self._options = options if options is not None else RelayOptions()
         self._relays: dict[str, Relay] = {}
+        self._clients: dict[str, ClientService] = {}
         for url in dict.fromkeys(urls):
             relay = Relay(
                 url,
@@ -80,6 +86,7 @@ class RelayPool(MultiService):
             client.setName(f"relay:{url}")  # type: ignore[no-untyped-call]
             client.setServiceParent(self)  # type: ignore[no-untyped-call]
             self._relays[url] = relay
+            self._clients[url] = client
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._observers: list[object] = []
         self._pubkeys: frozenset[str] | None = None
@@ -96,17 +103,42 @@ class RelayPool(MultiService):
         super().startService()  # type: ignore[no-untyped-call]
 
     def stopService(self) -> Deferred[None]:
+        """Close every WebSocket cleanly, then stop the ``ClientService`` of each relay.
+
+        MultiService's stop would stop the ClientServices at once, and they drop TCP: relays
+        would see no close frame and we would log an abnormal close (1006) on every shutdown.
+        Each relay is stopped on its own, as soon as its connection has closed, so that one
+        slow relay cannot let another one reconnect in the meantime.
+        """
         if self._debounce is not None and self._debounce.active():
             self._debounce.cancel()
         self._debounce = None
-        for relay in self._relays.values():
-            relay.stop()
         for publication in self._publications.values():
             if publication.timer is not None and publication.timer.active():
                 publication.timer.cancel()
         self._publications.clear()
-        stopped: Deferred[None] = super().stopService()  # type: ignore[no-untyped-call]
-        return stopped
+        Service.stopService(self)  # type: ignore[no-untyped-call]
+        stopping = [
+            Deferred.fromCoroutine(self._stop_relay(url, relay))
+            for url, relay in self._relays.items()
+        ]
+        return gatherResults(stopping, consumeErrors=True).addCallback(lambda _: None)
+
+    async def _stop_relay(self, url: str, relay: Relay) -> None:
+        closed = relay.stop()
+        # Bounded on the injected clock; a relay that never completes the close is dropped.
+        closed.addTimeout(self._options.close_timeout, self._clock, onTimeoutCancel=_no_value)
+        await closed
+        # A completed close resumes here inside the protocol's connectionLost, which
+        # ClientService's proxy calls before telling its state machine: stopping now is not
+        # re-entrant, and the machine then goes to Stopped without scheduling (and logging) a
+        # retry. That last transition fires the stop Deferred from inside the state machine,
+        # though: whoever waits on the pool (the daemon's stop, a test's cleanup) might call
+        # into the ClientService again, which automat refuses, so resume on the next tick.
+        stopped = self._clients[url].stopService()
+        if not stopped.called:
+            await stopped
+            await deferLater(self._clock, 0)
 
     # -- public API -------------------------------------------------------------------------
 

@@ -75,6 +75,9 @@ class RelayClientProtocol(WebSocketClientProtocol):
         return True
 
     def close_with(self, code: int, reason: str) -> None:
-        """Start a WebSocket close (used when we give up on a misbehaving connection)."""
+        """Start the WebSocket closing handshake (on shutdown), so the relay sees a close frame.
+
+        A connection that is already closing is left to finish; ``onClose`` follows either way.
+        """
         if self.state == self.STATE_OPEN:
             self.sendClose(code=code, reason=reason)

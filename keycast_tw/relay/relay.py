@@ -13,6 +13,7 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
@@ -24,6 +25,9 @@ from keycast_tw.relay.retry import WebSocketRetryPolicy
 from keycast_tw.relay.subscription import Filter, resume_since, with_since
 
 KIND_AUTH = 22242
+#: The close code and reason sent to every relay when the daemon stops (RFC 6455 "normal").
+CLOSE_NORMAL = 1000
+CLOSE_REASON = "keycast shutting down"
 _MAX_LOGGED_TEXT = 200
 _MAX_CHALLENGE = 1024
 
@@ -79,6 +83,8 @@ class Relay:
         self._wanted: dict[str, Filter] = {}
         self._queue: deque[tuple[float, dict[str, Any]]] = deque()
         self._resume_at = clock.seconds()
+        self._stopping = False
+        self._closed: Deferred[None] | None = None
         self._reset_connection_state()
 
     def _reset_connection_state(self) -> None:
@@ -100,9 +106,26 @@ class Relay:
     def start(self) -> None:
         """Mark the start time: the first subscription looks back from here."""
         self._resume_at = self._clock.seconds()
+        self._stopping = False
 
-    def stop(self) -> None:
+    def stop(self) -> Deferred[None]:
+        """Close the open WebSocket with a close frame (1000); fire once it has closed.
+
+        Fires at once when no WebSocket is open. The caller bounds the wait (cancelling the
+        Deferred stops waiting) and then stops the ``ClientService``, which drops whatever is
+        left. From here on, the reconnect that ``ClientService`` schedules when the connection
+        closes is not reported: it is cancelled by that stop.
+        """
+        self._stopping = True
         self._cancel_eose_timer()
+        if self._connection is None:
+            return succeed(None)
+        self._closed = Deferred(lambda _: self._forget_closed())
+        self._connection.close_with(CLOSE_NORMAL, CLOSE_REASON)
+        return self._closed
+
+    def _forget_closed(self) -> None:
+        self._closed = None
 
     @property
     def connected(self) -> bool:
@@ -211,12 +234,16 @@ class Relay:
                 )
             return
         self._resume_at = self._last_heard_at
-        self.log.info(
-            "Relay {relay_url} disconnected (code {code}: {reason})",
-            relay_url=self.url,
-            code=code,
-            reason=_short(reason),
-        )
+        if self._stopping:
+            self.log.info("Relay {relay_url} closed for shutdown (code {code})",
+                          relay_url=self.url, code=code)
+        else:
+            self.log.info(
+                "Relay {relay_url} disconnected (code {code}: {reason})",
+                relay_url=self.url,
+                code=code,
+                reason=_short(reason),
+            )
         # Unacknowledged events may never have reached the relay: send them again next time.
         for event in reversed([*self._unacked.values(), *self._auth_retry.values()]):
             self._queue.appendleft((self._clock.seconds(), event))
@@ -227,6 +254,9 @@ class Relay:
         self._cancel_eose_timer()
         self._reset_connection_state()
         self._hub.relay_notify("relay_disconnected", self.url)
+        closed, self._closed = self._closed, None
+        if closed is not None:
+            closed.callback(None)
 
     def ws_message(self, connection: RelayClientProtocol, payload: bytes, binary: bool) -> None:
         if connection is not self._connection:
@@ -453,6 +483,8 @@ class Relay:
             )
 
     def _retry_scheduled(self, failures: int, delay: float) -> None:
+        if self._stopping:
+            return  # the pool stops the ClientService on the next tick, cancelling this retry
         self.reconnects += 1
         self.log.info(
             "Relay {relay_url} reconnect in {delay:.1f} s (attempt {attempt})",
