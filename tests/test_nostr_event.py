@@ -14,8 +14,12 @@ from keycast_tw.nostr.errors import InvalidEvent
 from keycast_tw.nostr.event import (
     check_event,
     event_id,
+    is_valid_created_at,
+    is_valid_kind,
+    is_valid_tags,
     serialize,
     sign_event,
+    sign_validated,
     validate_shape,
     verify_event,
 )
@@ -243,6 +247,45 @@ class SignTests(SynchronousTestCase):
         )
         self.assertTrue(verify_event(event))
         self.assertFalse(verify_event(dict(event, content=content + " ")))
+
+
+class SignValidatedTests(SynchronousTestCase):
+    """sign_validated signs fields the caller vouches for, exactly as sign_event would."""
+
+    def test_same_event_as_sign_event(self) -> None:
+        """Same fields, same key: the same id, field order and a verifying signature."""
+        event = sign_validated(SecretKey(SEC), **TEMPLATE)
+        expected = sign_event(TEMPLATE, SEC)
+        self.assertEqual(event["id"], expected["id"])
+        self.assertEqual(list(event), list(expected))
+        self.assertTrue(verify_event(event))
+
+    def test_lone_surrogate_still_refused(self) -> None:
+        """A lone surrogate cannot be serialized even on the trusted path: InvalidEvent."""
+        with self.assertRaises(InvalidEvent):
+            sign_validated(SecretKey(SEC), **dict(TEMPLATE, content="a\ud800"))
+
+
+class PredicateTests(SynchronousTestCase):
+    """The field predicates that sign_event and the engine's sign_event method share."""
+
+    def test_kind(self) -> None:
+        """Kinds are ints 0..65535, never bools, floats or strings."""
+        self.assertTrue(all(is_valid_kind(kind) for kind in (0, 1, 65535)))
+        self.assertFalse(any(is_valid_kind(kind) for kind in (-1, 65536, True, 1.0, "1", None)))
+
+    def test_created_at(self) -> None:
+        """created_at is an int 0..2^53-1, never a bool or float."""
+        self.assertTrue(all(is_valid_created_at(value) for value in (0, 2**53 - 1)))
+        bad = (-1, 2**53, False, 1.5, "1", None)
+        self.assertFalse(any(is_valid_created_at(value) for value in bad))
+
+    def test_tags(self) -> None:
+        """Tags are a list of lists of strings; empty lists are fine, other items are not."""
+        good: list[Any] = [[], [[]], [["e", "x"]], (("t", "y"),)]
+        self.assertTrue(all(is_valid_tags(value) for value in good))
+        bad: list[Any] = [None, "t", ["t"], [["e", 1]], [["e", None]], [["e", ["x"]]], [{}]]
+        self.assertFalse(any(is_valid_tags(value) for value in bad))
 
 
 class CheckTests(SynchronousTestCase):

@@ -7,8 +7,9 @@ non-ASCII verbatim, the seven short escapes, ``\\u00XX`` for other control chara
 twenty times faster than ``json.dumps``. Lone surrogates have no UTF-8 form; orjson refuses them
 and so do we.
 
-Every field is shape-checked before it is hashed: a ``bool`` is an ``int`` in Python but not a
-number in JSON, and a float ``created_at`` would serialize as ``1.0``.
+Every field that comes from outside is shape-checked before it is hashed: a ``bool`` is an
+``int`` in Python but not a number in JSON, and a float ``created_at`` would serialize as
+``1.0``. ``sign_validated`` skips that check for fields the caller has checked or built itself.
 """
 
 from __future__ import annotations
@@ -16,20 +17,54 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, Final
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final, TypeGuard
 
 import orjson
 
 from keycast_tw.nostr.errors import InvalidEvent
 from keycast_tw.nostr.keys import SecretKey, schnorr_verify
 
-__all__ = ["check_event", "event_id", "serialize", "sign_event", "validate_shape", "verify_event"]
+__all__ = [
+    "MAX_KIND",
+    "check_event",
+    "event_id",
+    "is_valid_created_at",
+    "is_valid_kind",
+    "is_valid_tags",
+    "serialize",
+    "sign_event",
+    "sign_validated",
+    "validate_shape",
+    "verify_event",
+]
 
+MAX_KIND: Final = 65535
 _HEX64: Final = re.compile(r"[0-9a-f]{64}")
 _HEX128: Final = re.compile(r"[0-9a-f]{128}")
 # Integers JavaScript represents exactly; beyond this JSON.stringify would print something else.
 _MAX_SAFE_INTEGER: Final = 2**53 - 1
+
+
+def is_valid_kind(kind: object) -> TypeGuard[int]:
+    """An int (not a bool) in 0..65535."""
+    return isinstance(kind, int) and not isinstance(kind, bool) and 0 <= kind <= MAX_KIND
+
+
+def is_valid_created_at(created_at: object) -> TypeGuard[int]:
+    """An int (not a bool) in 0..2^53-1, the integers JSON.stringify prints exactly."""
+    return (
+        isinstance(created_at, int)
+        and not isinstance(created_at, bool)
+        and 0 <= created_at <= _MAX_SAFE_INTEGER
+    )
+
+
+def is_valid_tags(tags: object) -> TypeGuard[Sequence[Sequence[str]]]:
+    """A list of lists of strings (tuples accepted for callers that build events in Python)."""
+    return isinstance(tags, list | tuple) and all(
+        isinstance(tag, list | tuple) and all(isinstance(item, str) for item in tag) for tag in tags
+    )
 
 
 def _check_fields(event: Mapping[str, Any]) -> None:
@@ -37,26 +72,18 @@ def _check_fields(event: Mapping[str, Any]) -> None:
     pubkey = event.get("pubkey")
     if not isinstance(pubkey, str) or not _HEX64.fullmatch(pubkey):
         raise InvalidEvent("pubkey must be 64 lowercase hex characters")
-    created_at = event.get("created_at")
-    if (
-        isinstance(created_at, bool)
-        or not isinstance(created_at, int)
-        or not 0 <= created_at <= _MAX_SAFE_INTEGER
-    ):
+    if not is_valid_created_at(event.get("created_at")):
         raise InvalidEvent("created_at must be a non-negative integer")
-    kind = event.get("kind")
-    if isinstance(kind, bool) or not isinstance(kind, int) or not 0 <= kind <= 65535:
+    if not is_valid_kind(event.get("kind")):
         raise InvalidEvent("kind must be an integer in 0..65535")
-    tags = event.get("tags")
-    if not isinstance(tags, list | tuple) or not all(
-        isinstance(tag, list | tuple) and all(isinstance(item, str) for item in tag) for tag in tags
-    ):
+    if not is_valid_tags(event.get("tags")):
         raise InvalidEvent("tags must be a list of lists of strings")
     if not isinstance(event.get("content"), str):
         raise InvalidEvent("content must be a string")
 
 
 def _serialize_checked(event: Mapping[str, Any]) -> bytes:
+    """Serialize an event whose fields were checked; only lone surrogates can still fail."""
     try:
         fields = (event["pubkey"], event["created_at"], event["kind"], event["tags"])
         return orjson.dumps([0, *fields, event["content"]])
@@ -121,7 +148,8 @@ def sign_event(
     ``kind``, ``content``, ``tags`` and ``created_at`` are kept exactly as given (NDK keeps its own
     id and takes only ``sig`` from a remote signer, so changing any of them would break it);
     ``pubkey``, ``id`` and ``sig`` from the template are replaced. A missing or null
-    ``created_at`` becomes ``now()``.
+    ``created_at`` becomes ``now()``. Every field is checked: this is the entry point for
+    templates from outside.
     """
     if not isinstance(template, Mapping):
         raise InvalidEvent("event template must be a JSON object")
@@ -132,14 +160,42 @@ def sign_event(
     created_at = template.get("created_at")
     if created_at is None:
         created_at = int(now())
-    event: dict[str, Any] = {
+    event = _unsigned(key, created_at, template["kind"], template["tags"], template["content"])
+    _check_fields(event)
+    return _sign(event, key)
+
+
+def sign_validated(
+    key: SecretKey, *, kind: int, content: str, tags: Sequence[Sequence[str]], created_at: int
+) -> dict[str, Any]:
+    """Sign fields that are already known to be valid, without checking their shape again.
+
+    For the engine's two signatures per request: the user's event, whose template the
+    sign_event method has already checked field by field with the ``is_valid_*`` predicates
+    (to tell the client which field is wrong), and the response event, which the engine builds
+    itself. Checking them again here would run the shape check three times per request
+    instead of once. Input from outside goes through ``sign_event``. Lone surrogates still raise
+    InvalidEvent: they only show up when serializing.
+    """
+    return _sign(_unsigned(key, created_at, kind, tags, content), key)
+
+
+def _unsigned(
+    key: SecretKey, created_at: object, kind: object, tags: object, content: object
+) -> dict[str, Any]:
+    """The event without id and sig, in the field order every signed event is returned in."""
+    return {
         "pubkey": key.pubkey_hex,
         "created_at": created_at,
-        "kind": template["kind"],
-        "tags": template["tags"],
-        "content": template["content"],
+        "kind": kind,
+        "tags": tags,
+        "content": content,
     }
-    digest = hashlib.sha256(serialize(event)).digest()
+
+
+def _sign(event: dict[str, Any], key: SecretKey) -> dict[str, Any]:
+    """Add ``id`` and ``sig`` to a checked unsigned event."""
+    digest = hashlib.sha256(_serialize_checked(event)).digest()
     event["id"] = digest.hex()
     event["sig"] = key.sign(digest).hex()
     return event

@@ -40,7 +40,7 @@ from keycast_tw.nostr.errors import (
     InvalidEvent,
     MalformedRequest,
 )
-from keycast_tw.nostr.event import check_event, sign_event
+from keycast_tw.nostr.event import check_event, sign_validated
 from keycast_tw.nostr.keys import SecretKey
 from keycast_tw.signer import methods
 from keycast_tw.signer.crypto import CryptoRunner, KeyCache, run_inline
@@ -567,13 +567,12 @@ def _reply(
         result = None
         error = RESPONSE_TOO_LARGE
         content = _encrypt(nip46.error_json(request_id, error), transport_key, legacy)
-    template = {
-        "kind": KIND,
-        "content": content,
-        "tags": [["p", client], ["e", event_id]],
-        "created_at": now,
-    }
-    return _Replied(sign_event(template, secret), result, error, failure)
+    # Built here from checked values (client and event_id come from a verified event), so the
+    # event module does not check the shape again.
+    response = sign_validated(
+        secret, kind=KIND, content=content, tags=[["p", client], ["e", event_id]], created_at=now
+    )
+    return _Replied(response, result, error, failure)
 
 
 def _encrypt(body: str, key: bytes, legacy: bool) -> str:

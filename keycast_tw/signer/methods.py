@@ -8,20 +8,24 @@ content, plaintexts or keys.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Final
 
 import orjson
 
-from keycast_tw.nostr import event as nostr_event
 from keycast_tw.nostr import nip04, nip44
-from keycast_tw.nostr.errors import DecryptionError, EncryptionError, InvalidKey
+from keycast_tw.nostr.errors import DecryptionError, EncryptionError, InvalidEvent, InvalidKey
+from keycast_tw.nostr.event import (
+    MAX_KIND,
+    is_valid_created_at,
+    is_valid_kind,
+    is_valid_tags,
+    sign_validated,
+)
 from keycast_tw.nostr.keys import SecretKey, parse_pubkey
 from keycast_tw.signer.model import KeySource, Policy
 from keycast_tw.signer.policy import check_decrypt, check_encrypt, check_sign
-
-MAX_KIND = 65535
 
 
 class Refused(Exception):
@@ -75,46 +79,47 @@ def sign_event(
     if not isinstance(template, dict):
         raise Refused("sign_event: params[0] must be a JSON object")
     kind = template.get("kind")
-    if type(kind) is not int or not 0 <= kind <= MAX_KIND:
-        raise Refused("sign_event: kind must be an integer from 0 to 65535")
+    if not is_valid_kind(kind):
+        raise Refused(f"sign_event: kind must be an integer from 0 to {MAX_KIND}")
     content = template.get("content")
     if not isinstance(content, str):
         raise Refused("sign_event: content must be a string")
     tags = template.get("tags", [])
-    if not _valid_tags(tags):
+    if not is_valid_tags(tags):
         raise Refused("sign_event: tags must be an array of arrays of strings")
     created_at = template.get("created_at")
     if created_at is None:
         created_at = now
-    elif type(created_at) is not int or created_at < 0:
-        raise Refused("sign_event: created_at must be a non-negative integer")
-    elif created_at > now + max_future:
+    elif type(created_at) is int and created_at > now + max_future:
         raise Refused("sign_event: created_at is too far in the future")
+    elif not is_valid_created_at(created_at):
+        raise Refused("sign_event: created_at must be a non-negative integer")
     pubkey = template.get("pubkey")
     if pubkey not in (None, "") and pubkey != user.pubkey:
         raise Refused("sign_event: pubkey is not the signer's user key")
     denial = check_sign(policy, kind, content)
     if denial is not None:
         raise Refused(denial)
-    unsigned = {"kind": kind, "content": content, "tags": tags, "created_at": created_at}
     try:
-        signed = nostr_event.sign_event(unsigned, user.secret_key())
-        value = orjson.dumps(signed).decode()
-    except (ValueError, TypeError):
-        # orjson refuses lone surrogates, as JSON.stringify-compatible serialisation must.
+        # Every field was checked above, so the event module need not check them again.
+        signed = sign_validated(
+            user.secret_key(), kind=kind, content=content, tags=tags, created_at=created_at
+        )
+    except InvalidEvent:
+        # A lone surrogate: JSON.stringify-compatible serialization has no form for it.
         raise Refused("sign_event: the event cannot be serialized") from None
-    return MethodResult(value, event_kind=kind, event_id=signed["id"])
+    return MethodResult(orjson.dumps(signed).decode(), event_kind=kind, event_id=signed["id"])
 
 
 _Derive = Callable[[SecretKey, bytes], bytes]
 _Cipher = Callable[[str, bytes], str]
 
 #: per scheme: how to derive the key with a peer, encrypt, decrypt.
-_SCHEMES: dict[str, tuple[_Derive, _Cipher, _Cipher]] = {
+_SCHEMES: Final[Mapping[str, tuple[_Derive, _Cipher, _Cipher]]] = {
     "nip44": (nip44.conversation_key, nip44.encrypt, nip44.decrypt),
     "nip04": (SecretKey.shared_x, nip04.encrypt_with_key, nip04.decrypt_with_key),
 }
-THIRD_PARTY_METHODS = frozenset(
+THIRD_PARTY_METHODS: Final = frozenset(
     f"{scheme}_{direction}" for scheme in _SCHEMES for direction in ("encrypt", "decrypt")
 )
 
@@ -155,15 +160,3 @@ def third_party_crypto(
     except EncryptionError as error:
         raise Refused(f"{method}: {error}") from None
     return MethodResult(value, derived_key=None if cached is not None else key)
-
-
-def _valid_tags(tags: Any) -> bool:
-    if not isinstance(tags, list):
-        return False
-    for tag in tags:
-        if not isinstance(tag, list):
-            return False
-        for item in tag:
-            if not isinstance(item, str):
-                return False
-    return True
