@@ -13,6 +13,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
+from keycast_tw.relay.messages import RECEIVED_KINDS
+
 #: The NIP-46 methods the engine answers; anything else is counted as "other".
 KNOWN_METHODS = frozenset(
     {
@@ -34,8 +36,8 @@ KNOWN_METHODS = frozenset(
 #: "overloaded" (refused at the in-flight bound) and "failed" (an engine bug, logged).
 OUTCOMES = frozenset({"ok", "error", "ignored", "undecryptable", "overloaded", "failed"})
 
-#: Relay message types counted per relay.
-RELAY_MESSAGE_TYPES = frozenset({"ok", "rejected", "notice", "closed", "event"})
+#: Relay message types counted per relay: exactly what the relay pool reports.
+RELAY_MESSAGE_TYPES = RECEIVED_KINDS
 
 #: Results of a reload of the authorizations.
 RELOAD_RESULTS = frozenset({"ok", "error"})
@@ -97,7 +99,8 @@ class Metrics:
         )
         self._relay_messages = Counter(
             "keycast_relay_messages",
-            "Messages received from a relay, by type (ok/rejected/notice/closed/event)",
+            "Frames received from a relay, by message type (rejected: an OK refusing our"
+            " event) or by why they were unusable (malformed, binary, oversize)",
             ["relay", "type"],
             registry=r,
         )
@@ -169,7 +172,7 @@ class Metrics:
         self._reloads.labels(result=_bounded(result, RELOAD_RESULTS)).inc()
 
     def relay_message(self, relay: str, message_type: str) -> None:
-        """Count one OK/rejected-OK/NOTICE/CLOSED/EVENT message received from ``relay``."""
+        """Count one frame received from ``relay`` (pool hook; types outside the set: "other")."""
         self._relay_messages.labels(
             relay=relay, type=_bounded(message_type, RELAY_MESSAGE_TYPES)
         ).inc()

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
+from keycast_tw.metrics import Metrics
 from keycast_tw.nostr.event import sign_event, verify_event
 from keycast_tw.nostr.keys import SecretKey
 from keycast_tw.relay.options import RelayOptions
@@ -633,3 +635,40 @@ class StopTests(SynchronousTestCase):
         h.clock.advance(0)
         self.successResultOf(stopped)
         self.assertEqual(h.clock.getDelayedCalls(), [])
+
+
+class MessageMetricsTests(SynchronousTestCase):
+    def test_every_kind_reaches_the_metrics_text(self) -> None:
+        """Each kind of frame a relay sends is counted under its own type in
+        keycast_relay_messages_total, end to end from the pool to /metrics; none is "other"."""
+        h = Harness(self, max_message_size=5000)
+        metrics = Metrics()
+        h.pool.add_observer(metrics)
+        h.pool.set_bunker_pubkeys(keys(1))
+        server = h.connect()
+        event = request()
+        h.pool.publish(event)
+        h.send(server, "EVENT", "keycast-p0", request())
+        h.send(server, "OK", event["id"], True, "")
+        h.send(server, "OK", event["id"], False, "blocked: no")
+        h.send(server, "EOSE", "keycast-p0")
+        h.send(server, "NOTICE", "hello")
+        h.send(server, "CLOSED", "keycast-p0", "error: bye")
+        h.send(server, "AUTH", "challenge")
+        server.sendMessage(b"{nope")
+        server.sendMessage(b"\x00", isBinary=True)
+        h.flush()
+        h.send(server, "NOTICE", "x" * 6000)
+        families = {
+            f.name: f for f in text_string_to_metric_families(metrics.render().decode())
+        }
+        counted = {
+            s.labels["type"]: s.value
+            for s in families["keycast_relay_messages"].samples
+            if s.name == "keycast_relay_messages_total" and s.labels["relay"] == A
+        }
+        self.assertEqual(
+            counted,
+            {kind: 1.0 for kind in ("event", "ok", "rejected", "eose", "notice", "closed",
+                                    "auth", "malformed", "binary", "oversize")},
+        )

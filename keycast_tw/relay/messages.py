@@ -17,6 +17,24 @@ import orjson
 EVENT_ID = re.compile(r"[0-9a-f]{64}")
 MAX_SUBSCRIPTION_ID = 64
 
+#: What the pool reports to ``relay_message(url, kind)`` observers, one per frame received: the
+#: message types (an ``OK`` that refuses our event is ``rejected``) and the unusable frames. A
+#: fixed vocabulary, so that it can be a metrics label (keycast_tw.metrics).
+RECEIVED_KINDS = frozenset(
+    {
+        "event",
+        "ok",
+        "rejected",
+        "eose",
+        "closed",
+        "notice",
+        "auth",
+        "malformed",
+        "binary",
+        "oversize",
+    }
+)
+
 
 class MalformedMessage(ValueError):
     """A relay frame we cannot use; ``reason`` is short and safe to log."""

@@ -302,7 +302,7 @@ class Relay:
         self._hub.relay_event(self, message.event)
 
     def _on_ok(self, message: messages.OkMessage) -> None:
-        self._notify_message("ok")
+        self._notify_message("ok" if message.accepted else "rejected")
         if message.event_id == self._auth_event_id:
             self._on_auth_result(message)
             return
@@ -502,6 +502,7 @@ class Relay:
         )
 
     def _notify_message(self, kind: str) -> None:
+        """Tell observers about one received frame; ``kind`` is one of RECEIVED_KINDS."""
         self._hub.relay_notify("relay_message", self.url, kind)
 
     def _warn_limited(self, key: str, fmt: str, **fields: object) -> None:
