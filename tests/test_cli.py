@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from keycast_tw.nostr.keys import SecretKey
 from keycast_tw.nostr.nip19 import encode_npub, encode_nsec
 from keycast_tw.nostr.nip46 import parse_bunker_uri
+from keycast_tw.store.crypto import SecretCipher, read_master_key_file, relay_identity_aad
 
 RELAY = "wss://relay.example"
 _CONFIG_ENV = {
@@ -295,12 +296,53 @@ class MaintenanceTests(CliTestCase):
         self.assertIn("does not exist", self.fails(1, "authorize", "alice"))
 
 
+class IdentityTests(CliTestCase):
+    def stored_identity(self) -> tuple[str, bytes]:
+        """(pubkey, secret) of the relay identity row, decrypted with the current master key."""
+        conn = sqlite3.connect(self.database)
+        self.addCleanup(conn.close)
+        row = conn.execute("SELECT pubkey, secret_ciphertext FROM relay_identity").fetchone()
+        pubkey, blob = row
+        cipher = SecretCipher(read_master_key_file(self.master_key))
+        return pubkey, cipher.decrypt(blob, relay_identity_aad(pubkey))
+
+    def test_init_creates_it_and_identity_prints_it(self) -> None:
+        """init creates the relay identity; `identity` prints its npub and hex, never the secret."""
+        init = self.ok("init")
+        pubkey, secret = self.stored_identity()
+        self.assertIn(f"Relay AUTH identity {encode_npub(pubkey)}", init)
+        output = self.ok("identity")
+        self.assertEqual(output.splitlines(), [f"npub: {encode_npub(pubkey)}", f"hex:  {pubkey}"])
+        self.assertEqual(
+            json.loads(self.ok("identity", "--json")),
+            {"npub": encode_npub(pubkey), "pubkey": pubkey},
+        )
+        for printed in (init, output):
+            self.assertNotIn(secret.hex(), printed)
+            self.assertNotIn(encode_nsec(secret), printed)
+        self.ok("init")
+        self.assertEqual(self.stored_identity(), (pubkey, secret))
+
+    def test_survives_rotation(self) -> None:
+        """rotate-master-key re-encrypts the identity: same pubkey, readable under the new key."""
+        self.ok("init")
+        before = self.stored_identity()
+        self.assertIn("and the relay identity", self.ok("rotate-master-key"))
+        self.assertEqual(self.stored_identity(), before)
+        self.assertIn(before[0], self.ok("identity"))
+
+    def test_needs_init(self) -> None:
+        """Without a database, identity fails with exit 1 and creates nothing."""
+        self.assertIn("run `keycast init`", self.fails(1, "identity"))
+        self.assertFalse(os.path.exists(self.database))
+
+
 class UsageTests(CliTestCase):
     def test_help(self) -> None:
         """--help lists the commands; a command's --help explains its options."""
         output = self.ok("--help")
         for command in ("init", "key", "authorize", "authorizations", "revoke", "policy",
-                        "backup", "rotate-master-key", "status", "check"):
+                        "backup", "rotate-master-key", "identity", "status", "check"):
             self.assertIn(command, output)
         self.assertIn("DATABASE_PATH", output)
         self.assertIn("WHEN is a duration", self.ok("authorize", "--help"))

@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
+from keycast_tw.nostr.keys import SecretKey
 from keycast_tw.store.backup import backup
 from keycast_tw.store.crypto import (
     KIND_FILE,
@@ -26,6 +27,7 @@ from keycast_tw.store.crypto import (
 )
 from keycast_tw.store.db import open_database
 from keycast_tw.store.errors import CiphertextError, MasterKeyError, StoreError
+from keycast_tw.store.identity import load_or_create_relay_identity
 from keycast_tw.store.rotation import rotate_master_key, rotate_master_key_file
 from keycast_tw.store.runner import ConnectionRunner
 from tests.test_store_fixtures import add_authorization, add_user_key, new_cipher, new_database
@@ -202,6 +204,29 @@ class RotationTests(SynchronousTestCase):
         self.assertIn("authorization", str(caught.exception))
         self.assertEqual(self.blobs(), before)
         self.assertFalse(self.conn.in_transaction)
+
+    def test_relay_identity_moves_with_the_rest(self) -> None:
+        """The relay identity is re-encrypted in the same transaction as every other key."""
+        identity = load_or_create_relay_identity(self.conn, self.old)
+        new = new_cipher()
+        self.assertEqual(rotate_master_key(self.conn, self.old, new), (1, 1, 1))
+        self.assertEqual(
+            load_or_create_relay_identity(self.conn, new).to_bytes(), identity.to_bytes()
+        )
+
+    def test_undecryptable_relay_identity_rolls_everything_back(self) -> None:
+        """A relay identity that fails last undoes the user and bunker keys already done."""
+        key = SecretKey.generate()
+        self.conn.execute(
+            "INSERT INTO relay_identity VALUES (1, ?, ?, 1)",
+            (key.pubkey_hex, new_cipher().encrypt(key.to_bytes(), b"other key")),
+        )
+        self.conn.commit()
+        before = self.blobs()
+        with self.assertRaises(CiphertextError) as caught:
+            rotate_master_key(self.conn, self.old, new_cipher())
+        self.assertIn("relay identity", str(caught.exception))
+        self.assertEqual(self.blobs(), before)
 
     def test_rotate_file(self) -> None:
         """The file rotation keeps the old key as .old and the new key opens the database."""

@@ -53,6 +53,7 @@ class Context:
     stderr: TextIO
     clock: Callable[[], float] = time.time
     _conn: sqlite3.Connection | None = field(default=None, repr=False)
+    _cipher: SecretCipher | None = field(default=None, repr=False)
 
     def out(self, line: str = "") -> None:
         self.stdout.write(line + "\n")
@@ -89,21 +90,24 @@ class Context:
         """The master key's cipher, from the key file or through one Cloud KMS call.
 
         KMS needs the reactor (treq); wait_for runs it only in that case, because the file path
-        completes synchronously.
+        completes synchronously. Opened once per command: a reactor cannot run twice.
         """
+        if self._cipher is not None:
+            return self._cipher
         kms = None
         if self.config.kms is not None:
             from keycast_tw.store.kms import GcpKms
 
             show_warnings(self.stderr)
             kms = GcpKms(self.config.kms.key_resource, api_base=self.config.kms.api_base)
-        return wait_for(
+        self._cipher = wait_for(
             open_cipher(
                 ConnectionRunner(self.database(), self.config.database_path),
                 master_key_path=self.config.master_key_path,
                 kms=kms,
             )
         )
+        return self._cipher
 
     def close(self) -> None:
         if self._conn is not None:

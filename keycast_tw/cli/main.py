@@ -20,13 +20,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TextIO
 
-from keycast_tw.cli import authorizations, daemon, keys, maintenance, policies
+from keycast_tw.cli import authorizations, daemon, identity, keys, maintenance, policies
 from keycast_tw.cli.context import EXIT_FAILURE, EXIT_USAGE, CliError, Context
 from keycast_tw.config import OPTIONS, ConfigError, config_from
 from keycast_tw.store.admin import AdminError
 from keycast_tw.store.errors import StoreError
 
-_COMMANDS = (maintenance, keys, authorizations, policies, daemon)
+_COMMANDS = (maintenance, keys, authorizations, policies, identity, daemon)
 
 
 def build_parser() -> argparse.ArgumentParser:

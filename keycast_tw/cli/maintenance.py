@@ -6,9 +6,11 @@ import argparse
 import os
 
 from keycast_tw.cli.context import EXIT_OK, CliError, Context
+from keycast_tw.nostr.nip19 import encode_npub
 from keycast_tw.store.backup import backup
 from keycast_tw.store.crypto import create_master_key_file, read_key_info
 from keycast_tw.store.db import schema_version
+from keycast_tw.store.identity import load_or_create_relay_identity
 from keycast_tw.store.rotation import rotate_master_key_file
 
 
@@ -67,6 +69,8 @@ def init_database(ctx: Context, args: argparse.Namespace) -> int:
     else:
         ctx.cipher()
         ctx.out(f"Data key is protected by Cloud KMS key {config.kms.key_resource}")
+    identity = load_or_create_relay_identity(ctx.database(), ctx.cipher(), clock=ctx.clock)
+    ctx.out(f"Relay AUTH identity {encode_npub(identity.pubkey_hex)} (see `keycast identity`)")
     ctx.out("Database initialized")
     return EXIT_OK
 
@@ -93,9 +97,10 @@ def rotate_key(ctx: Context, args: argparse.Namespace) -> int:
             "decrypting); there is no file master key to rotate"
         )
     result = rotate_master_key_file(ctx.database(), config.master_key_path)
+    identity = " and the relay identity" if result.relay_identities else ""
     ctx.out(
-        f"Re-encrypted {result.user_keys} user keys and {result.bunker_keys} bunker keys under "
-        f"a new master key in {config.master_key_path}"
+        f"Re-encrypted {result.user_keys} user keys, {result.bunker_keys} bunker keys{identity} "
+        f"under a new master key in {config.master_key_path}"
     )
     ctx.out(
         f"The previous key is in {config.master_key_path}.old: it opens backups taken before "

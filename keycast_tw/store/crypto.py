@@ -1,11 +1,11 @@
 """Keys at rest: the master key file, AES-256-GCM blobs bound to their row, and the key check.
 
 Blob layout is the Rust original's, nonce(12) || ciphertext || tag(16), but every blob here is
-bound by AES-GCM associated data to the pubkey it belongs to (``user_key_aad`` /
-``bunker_key_aad``). Binding lets a loader trust the clear-text pubkey column without deriving it
-(deriving a million pubkeys costs ~20 s), because a blob moved to another row fails to decrypt.
-The original used no AAD, so its blobs cannot be imported as-is: decrypt them with AAD b"" and
-re-encrypt them (docs/storage.md).
+bound by AES-GCM associated data to the pubkey it belongs to (``user_key_aad``,
+``bunker_key_aad``, ``relay_identity_aad``). Binding lets a loader trust the clear-text pubkey
+column without deriving it (deriving a million pubkeys costs ~20 s), because a blob moved to
+another row fails to decrypt. The original used no AAD, so its blobs cannot be imported as-is:
+decrypt them with AAD b"" and re-encrypt them (docs/storage.md).
 
 ``key_check`` in master_key_info is a known plaintext encrypted under the master key: a wrong key
 is reported once at start ("master key does not match this database") instead of as a million
@@ -52,6 +52,10 @@ def user_key_aad(pubkey_hex: str) -> bytes:
 
 def bunker_key_aad(pubkey_hex: str) -> bytes:
     return b"keycast-tw:bunker_key:" + pubkey_hex.encode("ascii")
+
+
+def relay_identity_aad(pubkey_hex: str) -> bytes:
+    return b"keycast-tw:relay_identity:" + pubkey_hex.encode("ascii")
 
 
 class SecretCipher:

@@ -3,7 +3,8 @@
 File procedure (``rotate_master_key_file``), ordered so that no crash loses the key that opens
 the database:
 1. the new key is written to ``<path>.new`` (0600, fsync);
-2. one transaction re-encrypts user keys, bunker keys and key_check, then commits;
+2. one transaction re-encrypts user keys, bunker keys, the relay identity and key_check, then
+   commits;
 3. the current file is copied to ``<path>.old`` (kept: it opens backups taken before rotation);
 4. ``<path>.new`` is renamed over ``<path>`` (atomic).
 A crash between 2 and 4 leaves the database under the new key and ``<path>.new`` beside it;
@@ -32,6 +33,7 @@ from keycast_tw.store.crypto import (
     generate_master_key,
     open_file_cipher,
     read_master_key_file,
+    relay_identity_aad,
     user_key_aad,
     write_master_key_file,
 )
@@ -42,6 +44,7 @@ from keycast_tw.store.errors import CiphertextError, MasterKeyError, StoreError
 class RotationResult(NamedTuple):
     user_keys: int
     bunker_keys: int
+    relay_identities: int  # 0 before the first `keycast init` or daemon start, else 1
 
 
 def rotate_master_key(
@@ -82,12 +85,21 @@ def rotate_master_key(
             "UPDATE authorizations SET bunker_secret_ciphertext = ? WHERE id = ?",
             "authorization",
         )
+        identities = _reencrypt(
+            conn,
+            old_cipher,
+            new_cipher,
+            relay_identity_aad,
+            "SELECT id, pubkey, secret_ciphertext FROM relay_identity",
+            "UPDATE relay_identity SET secret_ciphertext = ? WHERE id = ?",
+            "relay identity",
+        )
         conn.execute(
             "INSERT OR REPLACE INTO master_key_info (id, kind, wrapped_data_key, key_check,"
             " created_at) VALUES (1, ?, ?, ?, ?)",
             (kind, wrapped_data_key, new_cipher.key_check(), created),
         )
-    return RotationResult(users, bunkers)
+    return RotationResult(users, bunkers, identities)
 
 
 def rotate_master_key_file(conn: sqlite3.Connection, path: str) -> RotationResult:

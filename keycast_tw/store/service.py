@@ -1,5 +1,8 @@
 """StoreService: opens the database, checks the master key, loads the registry, keeps it current.
 
+Before ``ready`` it also loads (or, on the first start, creates) the relay identity, the key
+the daemon signs NIP-42 AUTH with: ``relay_identity``.
+
 All I/O happens after startService, on the single database thread: twistd may fork after
 makeService, and a blocking open on the reactor would stall health checks. ``ready`` fires once
 the registry holds every live authorization (or fails with a StoreError whose message is the
@@ -24,11 +27,13 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from keycast_tw.nostr.keys import SecretKey
 from keycast_tw.signer.model import OAUTH, REGULAR, Authorization
 from keycast_tw.signer.registry import Registry
 from keycast_tw.store.crypto import SecretCipher, open_cipher
 from keycast_tw.store.db import BUSY_TIMEOUT_MS, connection_init, database_uri, prepare_database
 from keycast_tw.store.expiry import ExpiryQueue
+from keycast_tw.store.identity import load_or_create_relay_identity
 from keycast_tw.store.kms import GcpKms
 from keycast_tw.store.loader import REFUSAL_GRACE, AuthorizationLoader
 from keycast_tw.store.runner import DB_TIMEOUT, PoolRunner, Runner
@@ -92,6 +97,8 @@ class StoreService(Service):
         self._loops: list[LoopingCall] = []
         self._seq = 0
         self.cipher: SecretCipher | None = None
+        #: The daemon's NIP-42 AUTH key, the same across restarts; set before ``ready`` fires.
+        self.relay_identity: SecretKey | None = None
         self.ready: Deferred[None] = Deferred()
         self.last_reload: ReloadInfo | None = None
         self.store = SqliteSignerStore(self._run, clock=self._clock)
@@ -160,6 +167,9 @@ class StoreService(Service):
             functools.partial(self._run, timeout=None),
             master_key_path=self._master_key_path,
             kms=self._kms,
+        )
+        self.relay_identity = await self._run(
+            load_or_create_relay_identity, self.cipher, timeout=None
         )
         self._loader = AuthorizationLoader(self.cipher, refusal_grace=self._refusal_grace)
         await self.reconcile()
