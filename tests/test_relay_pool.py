@@ -486,6 +486,30 @@ class AuthTests(SynchronousTestCase):
         h.clock.advance(10)
         self.assertEqual(h.observer.of("published"), [("published", event["id"], 0)])
 
+    def test_repeated_challenges_answered_once_a_second(self) -> None:
+        """A relay repeating AUTH cannot make us sign at wire speed: one answer per second."""
+        h = Harness(self)
+        server = h.connect()
+        with capturedLogs() as logs:
+            for i in range(5):
+                h.send(server, "AUTH", f"c{i}")
+        self.assertEqual(len(server.of_type("AUTH")), 1)
+        self.assertEqual(h.counters()["auth_ignored"], 4)
+        self.assertEqual(len([e for e in logs if "repeats AUTH" in e["log_format"]]), 1)
+        h.clock.advance(1)
+        h.send(server, "AUTH", "later")
+        self.assertEqual(len(server.of_type("AUTH")), 2)
+        self.assertEqual(h.pool.connected_count(), 1)
+
+    def test_rejection_log_bounds_relay_text(self) -> None:
+        """An OK refusing an unknown, huge event id logs at most 200 characters of it."""
+        h = Harness(self)
+        server = h.connect()
+        with capturedLogs() as logs:
+            h.send(server, "OK", "f" * 5000, False, "invalid: no")
+        logged = [e["event_id"] for e in logs if "rejected event" in e["log_format"]]
+        self.assertEqual([len(i) for i in logged], [200])
+
     def test_auth_signer_failure_contained(self) -> None:
         """If signing the challenge fails, it is logged and counted; the connection stays."""
         h = Harness(self)
@@ -595,6 +619,15 @@ class StopTests(SynchronousTestCase):
         h.clock.advance(0)
         self.successResultOf(stopped)
         self.assertEqual(again, [None])
+
+    def test_no_timer_after_stop(self) -> None:
+        """A reload or a late response after the stop arms no timer on the clock."""
+        h = Harness(self, resubscribe_debounce=5)
+        h.pool.set_bunker_pubkeys(keys(1))
+        self.successResultOf(h.pool.stopService())
+        h.pool.set_bunker_pubkeys(keys(2))
+        h.pool.publish(request())
+        self.assertEqual(h.clock.getDelayedCalls(), [])
 
     def test_stop_without_connection_is_immediate(self) -> None:
         """With no WebSocket open there is nothing to close: the stop completes at once."""

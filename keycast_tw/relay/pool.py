@@ -154,9 +154,10 @@ class RelayPool(MultiService):
         The first call applies at once (start-up should not wait); later calls are coalesced
         for ``resubscribe_debounce`` seconds so that a burst of reloads costs one REQ round.
         The window starts with the first change and is not extended, so a steady trickle of
-        changes cannot postpone the resubscription forever.
+        changes cannot postpone the resubscription forever. A stopped pool records the set at
+        once and arms no timer (a reload may still run while the daemon stops).
         """
-        if self._pubkeys is None:
+        if self._pubkeys is None or not self.running:
             self._apply(pubkeys)
             return
         self._pending_pubkeys = pubkeys
@@ -166,12 +167,16 @@ class RelayPool(MultiService):
             )
 
     def publish(self, event: dict[str, Any]) -> None:
-        """Send ``event`` to every relay; relays that are down get it on their next connection."""
+        """Send ``event`` to every relay; relays that are down get it on their next connection.
+
+        Outcomes are tracked (and reported to observers) only while the pool runs: a response
+        finished after the stop began arms no timer that would outlive the pool.
+        """
         event_id = event.get("id") if isinstance(event, dict) else None
         if not isinstance(event_id, str) or not EVENT_ID.fullmatch(event_id):
             self.log.error("Refusing to publish an event without a valid id")
             return
-        if event_id not in self._publications:
+        if self.running and event_id not in self._publications:
             publication = _Publication(remaining=set(self._relays))
             publication.timer = self._clock.callLater(
                 self._options.ok_timeout, self._finish_publication, event_id

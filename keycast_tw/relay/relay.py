@@ -30,6 +30,10 @@ CLOSE_NORMAL = 1000
 CLOSE_REASON = "keycast shutting down"
 _MAX_LOGGED_TEXT = 200
 _MAX_CHALLENGE = 1024
+#: Challenges answered per second and connection: each answer is a signature on the reactor
+#: thread, far costlier than the frame that asks for it, so a relay repeating AUTH at wire
+#: speed would otherwise stall the daemon. Relays send one per connection.
+AUTH_ANSWERS_PER_SECOND = 1.0
 
 AuthSigner = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -96,6 +100,7 @@ class Relay:
         self._unacked: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._auth_retry: dict[str, dict[str, Any]] = {}
         self._auth_event_id: str | None = None
+        self._auth_budget = TokenBucket(self._clock, AUTH_ANSWERS_PER_SECOND)
         self._authenticated = False
         self._subscribed = False
         self._last_heard_at = self._clock.seconds()
@@ -175,14 +180,8 @@ class Relay:
         """Send now if connected, otherwise queue (bounded, oldest dropped first)."""
         if self._connection is not None and self._send_event(event):
             return
-        if len(self._queue) >= self._options.publish_queue_limit:
-            _, dropped = self._queue.popleft()
-            self.counters["queue_dropped"] += 1
-            self._warn_limited(
-                "queue_dropped", "Relay {relay_url} publish queue full; dropped the oldest event"
-            )
-            self._hub.relay_publish_result(self.url, dropped["id"], None)
         self._queue.append((self._clock.seconds(), event))
+        self._trim_queue()
 
     # -- RelayConnectionOwner ---------------------------------------------------------------
 
@@ -247,10 +246,7 @@ class Relay:
         # Unacknowledged events may never have reached the relay: send them again next time.
         for event in reversed([*self._unacked.values(), *self._auth_retry.values()]):
             self._queue.appendleft((self._clock.seconds(), event))
-        while len(self._queue) > self._options.publish_queue_limit:
-            _, dropped = self._queue.popleft()
-            self.counters["queue_dropped"] += 1
-            self._hub.relay_publish_result(self.url, dropped["id"], None)
+        self._trim_queue()
         self._cancel_eose_timer()
         self._reset_connection_state()
         self._hub.relay_notify("relay_disconnected", self.url)
@@ -319,7 +315,7 @@ class Relay:
         self._warn_limited(
             "rejected",
             "Relay {relay_url} rejected event {event_id}: {message}",
-            event_id=message.event_id,
+            event_id=_short(message.event_id),
             message=_short(message.message),
         )
         self._hub.relay_publish_result(self.url, message.event_id, False)
@@ -365,6 +361,14 @@ class Relay:
         self._notify_message("auth")
         if not message.challenge or len(message.challenge) > _MAX_CHALLENGE:
             self._misbehaved("malformed", "unusable AUTH challenge")
+            return
+        if not self._auth_budget.take():
+            self.counters["auth_ignored"] += 1
+            self._warn_limited(
+                "auth_ignored",
+                "Relay {relay_url} repeats AUTH challenges; answering at most {rate:g} per second",
+                rate=AUTH_ANSWERS_PER_SECOND,
+            )
             return
         template = {
             "kind": KIND_AUTH,
@@ -429,6 +433,16 @@ class Relay:
             # A relay that never answers OK must not grow this without bound.
             self._unacked.popitem(last=False)
         return True
+
+    def _trim_queue(self) -> None:
+        """Drop the oldest queued events beyond ``publish_queue_limit``, reporting each one."""
+        while len(self._queue) > self._options.publish_queue_limit:
+            _, dropped = self._queue.popleft()
+            self.counters["queue_dropped"] += 1
+            self._warn_limited(
+                "queue_dropped", "Relay {relay_url} publish queue full; dropped the oldest event"
+            )
+            self._hub.relay_publish_result(self.url, dropped["id"], None)
 
     def _flush_queue(self, now: float) -> None:
         queued, self._queue = self._queue, deque()
