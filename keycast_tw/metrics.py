@@ -10,6 +10,8 @@ message types are fixed vocabularies, and relay labels come from the operator's 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
@@ -122,13 +124,10 @@ class Metrics:
         ).inc()
         self._latency.observe(max(seconds, 0.0))
 
-    def request_started(self) -> None:
-        """One more request is in flight (pair with :meth:`request_finished`)."""
-        self._inflight.inc()
-
-    def request_finished(self) -> None:
-        """One in-flight request is done, whatever its outcome."""
-        self._inflight.dec()
+    def track_inflight(self, count: Callable[[], float]) -> None:
+        """Read the in-flight gauge from ``count`` at each scrape (the dispatcher's own count,
+        so the gauge cannot drift from it)."""
+        self._inflight.set_function(count)
 
     # The next five methods match the relay pool's observer hooks (RelayPool.add_observer), so
     # the daemon can register this object directly and the gauges follow the pool's events.

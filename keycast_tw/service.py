@@ -148,6 +148,7 @@ class KeycastService(MultiService):
             observer=self.stats,
             max_inflight=config.max_inflight,
         )
+        self.metrics.track_inflight(lambda: self.dispatcher.inflight)
         identity = SecretKey.generate()
         self.relays = RelayPool(
             config.relays,

@@ -72,10 +72,11 @@ class MetricsTests(SynchronousTestCase):
         self.assertEqual(self.value("keycast_requests_total", method="ping", outcome="other"), 1.0)
 
     def test_inflight(self) -> None:
-        """request_started/request_finished move the in-flight gauge."""
-        self.metrics.request_started()
-        self.metrics.request_started()
-        self.metrics.request_finished()
+        """The in-flight gauge reads the tracked count at each scrape."""
+        inflight = [2]
+        self.metrics.track_inflight(lambda: inflight[0])
+        self.assertEqual(self.value("keycast_inflight"), 2.0)
+        inflight[0] = 1
         self.assertEqual(self.value("keycast_inflight"), 1.0)
 
     def test_relay_gauges_follow_pool_events(self) -> None:

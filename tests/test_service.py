@@ -290,6 +290,19 @@ class StatusTests(SynchronousTestCase):
         self.assertEqual(status["last_reload"]["kind"], "load")
         self.assertEqual([r["url"] for r in status["relays"]], [RELAY])
 
+    def test_inflight_metric_follows_dispatcher(self) -> None:
+        """keycast_inflight shows the request being processed, and 0 once it is answered."""
+        daemon = Daemon(self)
+        daemon.start()
+        daemon.connect_relay()
+        daemon.eose_all()
+        registry = daemon.service.metrics.registry
+        daemon.crypto.holding = True
+        daemon.deliver(FakeClient(daemon.bunkers[0].pubkey_hex).request("ping", created_at=START))
+        self.assertEqual(registry.get_sample_value("keycast_inflight"), 1.0)
+        daemon.release_crypto()
+        self.assertEqual(registry.get_sample_value("keycast_inflight"), 0.0)
+
     def test_status_has_no_secrets(self) -> None:
         """No key material or connect secret appears in /status, even after a request."""
         daemon = Daemon(self)
