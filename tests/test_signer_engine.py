@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -370,6 +371,63 @@ class RobustnessTests(SynchronousTestCase):
         response = client.read(self.successResultOf(result).response, request)
         self.assertEqual(response.error, "authorization revoked")
 
+    def test_created_at_beyond_float_range_is_stale(self) -> None:
+        """A created_at too large for a float is stale, not an OverflowError."""
+        world = World(self)
+        event = world.client().request("ping", created_at=world.clock.seconds())
+        for created_at in (10**400, -(10**400)):
+            outcome = world.handle(dict(event, created_at=created_at))
+            self.assertEqual((outcome.outcome, outcome.reason), ("ignored", "stale created_at"))
+
+    def test_event_whose_fields_cannot_be_read(self) -> None:
+        """A mapping that raises when read is an error outcome with a logged failure."""
+        world = World(self)
+        outcome = world.handle(_UnreadableEvent())
+        self.assertEqual((outcome.outcome, outcome.reason), ("error", "internal error"))
+        self.assertTrue(any("log_failure" in event for event in world.events))
+
+    def test_bug_after_decrypting_is_error_outcome(self) -> None:
+        """An exception on the reactor side (corrupt expires_at) ends as a logged error."""
+        world = World(self)
+        client = world.connected_client()
+        world.auth.expires_at = "soon"  # type: ignore[assignment]
+        outcome = world.handle(client.request("ping", created_at=world.clock.seconds()))
+        self.assertEqual(
+            (outcome.outcome, outcome.reason, outcome.response), ("error", "internal error", None)
+        )
+        self.assertTrue(any("log_failure" in event for event in world.events))
+
+    def test_activity_log_failure_keeps_the_reply(self) -> None:
+        """A store whose record_activity raises still lets the signed reply go out."""
+        world = World(self)
+        client = world.connected_client()
+
+        def broken(record: object) -> None:
+            raise OSError("disk full")
+
+        world.store.record_activity = broken  # type: ignore[method-assign]
+        outcome, response = world.call(client, "ping")
+        self.assertEqual((outcome.outcome, response.result), ("ok", "pong"))
+        self.assertTrue(any("log_failure" in event for event in world.events))
+
+    def test_undecryptable_requests_reuse_the_transport_key(self) -> None:
+        """The transport key derived for an undecryptable request is cached: one ECDH per client."""
+        world = World(self)
+        client = world.client()
+        wrong_key = nip44.conversation_key(client.key, SecretKey.generate().pubkey)
+        for _ in range(3):
+            template = {
+                "kind": 24133,
+                "content": nip44.encrypt(nip46.build_request("1", "ping", []), wrong_key),
+                "created_at": int(world.clock.seconds()),
+                "tags": [["p", world.auth.bunker_pubkey]],
+            }
+            self.assertEqual(
+                world.handle(sign_event(template, client.key)).outcome, "undecryptable"
+            )
+        stats = world.engine.cache_stats()
+        self.assertEqual((stats["nip44_keys"], stats["nip44_misses"]), (1, 1))
+
 
 class RegistryChangeTests(SynchronousTestCase):
     def test_removed_authorization_not_served(self) -> None:
@@ -395,6 +453,19 @@ class RegistryChangeTests(SynchronousTestCase):
         )
         world.registry.put(replacement)
         self.assertEqual(world.call(client, "switch_relays")[1].result, '["wss://new.example"]')
+
+
+class _UnreadableEvent(Mapping[str, Any]):
+    """An event-like mapping that fails on every read (a bug in a caller's event type)."""
+
+    def __getitem__(self, key: str) -> Any:
+        raise RuntimeError("bug")
+
+    def __iter__(self) -> Iterator[str]:
+        raise RuntimeError("bug")
+
+    def __len__(self) -> int:
+        return 7
 
 
 class _BrokenKey:

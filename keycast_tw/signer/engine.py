@@ -178,9 +178,29 @@ class Engine:
         }
 
     def handle_event(self, event: Mapping[str, Any]) -> Deferred[Outcome]:
-        """Handle one relay event; fires with its Outcome and never fails."""
+        """Handle one relay event; fires with its Outcome and never fails.
+
+        The relay layer calls this for every event it receives and does not guard it, so even a
+        bug here (or a store that raises where it must not) ends as an "error" Outcome with the
+        failure logged, never as an exception or a failed Deferred.
+        """
+        try:
+            routed = self._route(event)
+        except Exception:
+            self.log.failure("NIP-46 event could not be routed")
+            return succeed(Outcome(None, None, None, None, ERROR, INTERNAL_ERROR))
+        if isinstance(routed, Outcome):
+            return succeed(routed)
+        auth, client, event_id, created_at = routed
+        bunker = auth.bunker_pubkey
+        handling = Deferred.fromCoroutine(self._handle(event, auth, client, event_id, created_at))
+        return handling.addErrback(self._unexpected, bunker, client)
+
+    def _route(self, event: Mapping[str, Any]) -> Outcome | tuple[Authorization, str, str, int]:
+        """The cheap filters (step 1): the authorization, client, id and created_at to handle,
+        or the Outcome of an event that is not ours or cannot be a valid request."""
         if not isinstance(event, Mapping) or event.get("kind") != KIND:
-            return succeed(Outcome(None, None, None, None, IGNORED, "not kind 24133"))
+            return Outcome(None, None, None, None, IGNORED, "not kind 24133")
         registry = self._registry
         auth = None
         tags = event.get("tags")
@@ -193,62 +213,64 @@ class Engine:
                         if auth is not None:
                             break
         if auth is None:
-            return succeed(Outcome(None, None, None, None, IGNORED, "not ours"))
-        bunker = auth.bunker_pubkey
+            return Outcome(None, None, None, None, IGNORED, "not ours")
         client = event.get("pubkey")
         content = event.get("content")
         created_at = event.get("created_at")
         event_id = event.get("id")
-        reason = None
+        now = self._now()
+        window = self._config.created_at_window
         if type(client) is not str or type(content) is not str or type(event_id) is not str:
-            reason = "invalid event"
-        elif type(created_at) is not int:
-            reason = "invalid created_at"
-        elif registry.get(client) is not None:
-            reason = "from one of our own bunkers"
-        elif len(content) > self._config.max_content_length:
-            reason = "content too large"
-        elif abs(self._now() - created_at) > self._config.created_at_window:
-            reason = "stale created_at"
-        if reason is not None:
-            self.log.debug(
-                "Ignoring NIP-46 event for bunker {bunker}: {reason}",
-                bunker=_short(bunker),
-                reason=reason,
-            )
-            return succeed(Outcome(None, bunker, None, None, IGNORED, reason))
-        assert isinstance(client, str) and isinstance(content, str)
-        assert isinstance(event_id, str) and isinstance(created_at, int)
-        return Deferred.fromCoroutine(
-            self._handle(event, auth, client, content, event_id, created_at)
+            return self._ignored(auth.bunker_pubkey, None, "invalid event")
+        if type(created_at) is not int:
+            return self._ignored(auth.bunker_pubkey, None, "invalid created_at")
+        if registry.get(client) is not None:
+            return self._ignored(auth.bunker_pubkey, None, "from one of our own bunkers")
+        if len(content) > self._config.max_content_length:
+            return self._ignored(auth.bunker_pubkey, None, "content too large")
+        # Compared, not subtracted: a float minus a huge int would raise OverflowError.
+        if not now - window <= created_at <= now + window:
+            return self._ignored(auth.bunker_pubkey, None, "stale created_at")
+        return auth, client, event_id, created_at
+
+    def _ignored(self, bunker: str, client: str | None, reason: str) -> Outcome:
+        """Drop an event without a reply, at debug level: junk traffic must not flood the log."""
+        self.log.debug(
+            "Ignoring NIP-46 event for bunker {bunker}: {reason}",
+            bunker=_short(bunker),
+            reason=reason,
         )
+        return Outcome(None, bunker, client, None, IGNORED, reason)
+
+    def _unexpected(self, failure: Failure, bunker: str, client: str) -> Outcome:
+        """Last resort for a bug in the pipeline: log it, answer nothing, count an error."""
+        self.log.failure(
+            "NIP-46 request for bunker {bunker} failed", failure, bunker=_short(bunker)
+        )
+        return Outcome(None, bunker, client, None, ERROR, INTERNAL_ERROR)
 
     async def _handle(
         self,
         event: Mapping[str, Any],
         auth: Authorization,
         client: str,
-        content: str,
         event_id: str,
         created_at: int,
     ) -> Outcome:
+        """Steps 2 to 5 of the module docstring for an event that passed the cheap filters."""
         bunker = auth.bunker_pubkey
-        legacy = nip04.is_nip04(content)
+        legacy = nip04.is_nip04(event["content"])
         cache = self._nip04_keys if legacy else self._nip44_keys
         cache_key = (bunker, client)
         cached = cache.get(cache_key)
-        try:
-            opened = await self._run(_open, event, auth.bunker_key, client, cached, legacy)
-        except Exception:
-            self.log.failure("NIP-46 request for bunker {bunker} failed", bunker=_short(bunker))
-            return Outcome(None, bunker, client, None, ERROR, INTERNAL_ERROR)
+        # A failure here (a bug: _open catches what bad input can raise) goes to _unexpected.
+        opened = await self._run(_open, event, auth.bunker_key, client, cached, legacy)
         if not opened.verified:
-            self.log.debug(
-                "Ignoring NIP-46 event for bunker {bunker}: {reason}",
-                bunker=_short(bunker),
-                reason=opened.reason,
-            )
-            return Outcome(None, bunker, client, None, IGNORED, opened.reason)
+            return self._ignored(bunker, client, opened.reason)
+        if opened.derived and opened.transport_key is not None:
+            # Cached whatever happens next (duplicate, undecryptable): the key depends only on
+            # the two pubkeys, and a client that repeats itself must not cost an ECDH each time.
+            cache.put(cache_key, opened.transport_key)
         try:
             claimed = await self._store.claim_request(event_id, created_at)
         except Exception:
@@ -263,24 +285,22 @@ class Engine:
             )
             return Outcome(None, bunker, client, None, IGNORED, "duplicate")
         self.log.info("Received NIP-46 request for bunker: {bunker}", bunker=_short(bunker))
+        if opened.reason == UNDECRYPTABLE:
+            self.log.warn(
+                "Cannot decrypt NIP-46 request from {client} for bunker {bunker}",
+                client=_short(client),
+                bunker=_short(bunker),
+            )
+            return Outcome(None, bunker, client, None, UNDECRYPTABLE, "decryption failed")
         secret = opened.secret
         transport_key = opened.transport_key
         if secret is None or transport_key is None:
-            if opened.reason == UNDECRYPTABLE:
-                self.log.warn(
-                    "Cannot decrypt NIP-46 request from {client} for bunker {bunker}",
-                    client=_short(client),
-                    bunker=_short(bunker),
-                )
-                return Outcome(None, bunker, client, None, UNDECRYPTABLE, "decryption failed")
             self.log.error(
                 "Bunker key of authorization {authorization} is unavailable: {reason}",
                 authorization=auth.id,
                 reason=opened.reason,
             )
             return Outcome(None, bunker, client, None, ERROR, opened.reason)
-        if opened.derived:
-            cache.put(cache_key, transport_key)
         request = opened.request
         if request is None:
             if opened.malformed_id is None:
@@ -347,18 +367,23 @@ class Engine:
             )
         if error != RATE_LIMITED:
             # A client over its rate limit would otherwise flood the activity log too.
-            self._store.record_activity(
-                ActivityRecord(
-                    authorization_id=auth.id,
-                    client_pubkey=client,
-                    method=method or "malformed",
-                    outcome=OK if error is None else ERROR,
-                    created_at=now,
-                    event_kind=result.event_kind if result is not None else None,
-                    event_id=result.event_id if result is not None else None,
-                    error=error,
-                )
+            record = ActivityRecord(
+                authorization_id=auth.id,
+                client_pubkey=client,
+                method=method or "malformed",
+                outcome=OK if error is None else ERROR,
+                created_at=now,
+                event_kind=result.event_kind if result is not None else None,
+                event_id=result.event_id if result is not None else None,
+                error=error,
             )
+            try:
+                self._store.record_activity(record)
+            except Exception:
+                # The reply is signed already: a broken activity log must not swallow it.
+                self.log.failure(
+                    "Could not record NIP-46 activity for bunker {bunker}", bunker=_short(bunker)
+                )
         if error is None:
             return Outcome(replied.response, bunker, client, method, OK)
         return Outcome(replied.response, bunker, client, method, ERROR, error)
@@ -518,18 +543,18 @@ def _open(
     if key is None:
         peer = bytes.fromhex(client)  # a verified event's pubkey is a valid x-only key
         key = secret.shared_x(peer) if legacy else nip44.conversation_key(secret, peer)
+    derived = cached is None
     content = event["content"]
     try:
         plaintext = nip04.decrypt_with_key(content, key) if legacy else nip44.decrypt(content, key)
     except DecryptionError:
-        return _Opened(True, UNDECRYPTABLE, secret)
+        return _Opened(True, UNDECRYPTABLE, secret, key, derived)
     try:
         request = nip46.parse_request(plaintext)
     except MalformedRequest as error:
-        return _Opened(
-            True, f"malformed request: {error}", secret, key, cached is None, None, error.request_id
-        )
-    return _Opened(True, "", secret, key, cached is None, request)
+        reason = f"malformed request: {error}"
+        return _Opened(True, reason, secret, key, derived, malformed_id=error.request_id)
+    return _Opened(True, "", secret, key, derived, request)
 
 
 def _reply(
