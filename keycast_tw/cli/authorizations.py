@@ -13,15 +13,16 @@ import segno
 
 from keycast_tw.cli.context import EXIT_OK, EXIT_USAGE, CliError, Context
 from keycast_tw.cli.output import short, timestamp
+from keycast_tw.cli.parsing import Commands, add_command
 from keycast_tw.cli.when import parse_when
 from keycast_tw.nostr.nip19 import encode_npub
 from keycast_tw.store import admin
 
 
-def register(commands: argparse._SubParsersAction[argparse.ArgumentParser],
-             common: argparse.ArgumentParser) -> None:
-    authorize = commands.add_parser(
-        "authorize", parents=[common], help="let a client use a key; prints a bunker:// URI",
+def register(commands: Commands, common: argparse.ArgumentParser) -> None:
+    authorize = add_command(
+        commands, "authorize", common, authorize_key,
+        help="let a client use a key; prints a bunker:// URI",
         description="Create an authorization for KEY (a key name, id or npub) and print its "
         "bunker:// URI. Give the URI to the client; it holds the connect secret and is shown "
         "only now.",
@@ -45,21 +46,19 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser],
         help="use the user key as the bunker key (for old clients that assume they are equal)",
     )
     authorize.add_argument("--qr", action="store_true", help="also draw the URI as a QR code")
-    authorize.set_defaults(handler=authorize_key)
 
-    listing = commands.add_parser(
-        "authorizations", parents=[common], help="list authorizations and their status",
+    add_command(
+        commands, "authorizations", common, list_authorizations, json_output=True,
+        help="list authorizations and their status",
     )
-    listing.add_argument("--json", action="store_true", help="print JSON")
-    listing.set_defaults(handler=list_authorizations)
 
-    revoke = commands.add_parser(
-        "revoke", parents=[common], help="stop serving an authorization",
+    revoke = add_command(
+        commands, "revoke", common, revoke_authorization,
+        help="stop serving an authorization",
         description="Revoke authorization ID. A running daemon stops answering its clients "
         "within one reload interval. Revoking twice is harmless.",
     )
     revoke.add_argument("id", metavar="ID", type=int, help="the authorization's id")
-    revoke.set_defaults(handler=revoke_authorization)
 
 
 def _max_uses(text: str) -> int | None:

@@ -19,27 +19,25 @@ from urllib.parse import urlsplit
 
 from keycast_tw.cli.context import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError, Context
 from keycast_tw.cli.output import to_json
+from keycast_tw.cli.parsing import Commands, add_command
 
 EXIT_UNREACHABLE = 2
 
 
-def register(commands: argparse._SubParsersAction[argparse.ArgumentParser],
-             common: argparse.ArgumentParser) -> None:
-    status = commands.add_parser(
-        "status", parents=[common], help="summarise the running daemon's /status",
+def register(commands: Commands, common: argparse.ArgumentParser) -> None:
+    status = add_command(
+        commands, "status", common, show_status, help="summarise the running daemon's /status",
         description="Read /status from the daemon's health endpoint (--health, KEYCAST_HEALTH "
         "or PORT, as the daemon) and print a short summary.",
     )
     status.add_argument("--json", action="store_true", help="print the daemon's JSON as is")
-    status.add_argument("--url", metavar="URL", help="the daemon's base URL instead")
-    status.set_defaults(handler=show_status)
-    check = commands.add_parser(
-        "check", parents=[common], help="one-line health check for cron and monitors",
+    check = add_command(
+        commands, "check", common, check_daemon, help="one-line health check for cron and monitors",
         description="Exit 0 when the daemon is alive and ready, 1 when it answers but is not "
         "ready or not healthy, 2 when it cannot be reached. Prints one line.",
     )
-    check.add_argument("--url", metavar="URL", help="the daemon's base URL instead")
-    check.set_defaults(handler=check_daemon)
+    for parser in (status, check):
+        parser.add_argument("--url", metavar="URL", help="the daemon's base URL instead")
 
 
 class Unreachable(Exception):

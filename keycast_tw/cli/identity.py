@@ -10,20 +10,19 @@ import argparse
 
 from keycast_tw.cli.context import EXIT_OK, Context
 from keycast_tw.cli.output import to_json
+from keycast_tw.cli.parsing import Commands, add_command
 from keycast_tw.nostr.nip19 import encode_npub
 from keycast_tw.store.identity import load_or_create_relay_identity
 
 
-def register(commands: argparse._SubParsersAction[argparse.ArgumentParser],
-             common: argparse.ArgumentParser) -> None:
-    identity = commands.add_parser(
-        "identity", parents=[common], help="print the pubkey the daemon signs relay AUTH with",
+def register(commands: Commands, common: argparse.ArgumentParser) -> None:
+    add_command(
+        commands, "identity", common, show_identity, json_output=True,
+        help="print the pubkey the daemon signs relay AUTH with",
         description="Print the npub and hex pubkey of the daemon's relay identity, the key it "
         "signs NIP-42 AUTH events with, to add to a relay's allow-list. It stays the same across "
         "restarts and master key rotations. The secret is never printed.",
     )
-    identity.add_argument("--json", action="store_true", help="print JSON")
-    identity.set_defaults(handler=show_identity)
 
 
 def show_identity(ctx: Context, args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ from dataclasses import asdict
 
 from keycast_tw.cli.context import EXIT_OK, EXIT_USAGE, CliError, Context
 from keycast_tw.cli.output import timestamp
+from keycast_tw.cli.parsing import Commands, add_command
 from keycast_tw.nostr.errors import NostrError
 from keycast_tw.nostr.nip19 import decode_nsec
 from keycast_tw.store import admin
@@ -15,16 +16,15 @@ from keycast_tw.store import admin
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 
 
-def register(commands: argparse._SubParsersAction[argparse.ArgumentParser],
-             common: argparse.ArgumentParser) -> None:
-    key = commands.add_parser(
-        "key", parents=[common], help="add or list user keys",
+def register(commands: Commands, common: argparse.ArgumentParser) -> None:
+    key = add_command(
+        commands, "key", common, help="add or list user keys",
         description="User keys are the identities clients sign with; they are stored encrypted "
         "under the master key.",
     )
     actions = key.add_subparsers(dest="key_command", metavar="ACTION", required=True)
-    add = actions.add_parser(
-        "add", parents=[common], help="generate or import a key; prints its npub",
+    add = add_command(
+        actions, "add", common, add_key, help="generate or import a key; prints its npub",
         description="Store a user key under NAME: a fresh random key, or an existing one with "
         "--nsec. Prints the npub. Use `--nsec -` to read the key from stdin so that it does not "
         "land in your shell history or the process list.",
@@ -34,10 +34,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser],
         "--nsec", metavar="NSEC",
         help="import this key (nsec1... or 64 hex digits); '-' reads it from stdin",
     )
-    add.set_defaults(handler=add_key)
-    listing = actions.add_parser("list", parents=[common], help="list the stored keys")
-    listing.add_argument("--json", action="store_true", help="print JSON")
-    listing.set_defaults(handler=list_keys)
+    add_command(actions, "list", common, list_keys, json_output=True, help="list the stored keys")
 
 
 def parse_secret_key(text: str) -> bytes:

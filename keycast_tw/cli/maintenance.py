@@ -6,6 +6,7 @@ import argparse
 import os
 
 from keycast_tw.cli.context import EXIT_OK, CliError, Context
+from keycast_tw.cli.parsing import Commands, add_command
 from keycast_tw.nostr.nip19 import encode_npub
 from keycast_tw.store.backup import backup
 from keycast_tw.store.crypto import create_master_key_file, read_key_info
@@ -14,31 +15,30 @@ from keycast_tw.store.identity import load_or_create_relay_identity
 from keycast_tw.store.rotation import rotate_master_key_file
 
 
-def register(commands: argparse._SubParsersAction[argparse.ArgumentParser],
-             common: argparse.ArgumentParser) -> None:
-    init = commands.add_parser(
-        "init", parents=[common], help="create the database and the master key if missing",
+def register(commands: Commands, common: argparse.ArgumentParser) -> None:
+    add_command(
+        commands, "init", common, init_database,
+        help="create the database and the master key if missing",
         description="Create the database directory, the database (with its schema) and a "
         "random master key file (mode 0600) when they do not exist yet. Safe to run again: "
         "nothing existing is changed, and the master key is checked against the database.",
     )
-    init.set_defaults(handler=init_database)
-    copy = commands.add_parser(
-        "backup", parents=[common], help="copy the live database to DEST",
+    copy = add_command(
+        commands, "backup", common, backup_database,
+        help="copy the live database to DEST",
         description="Copy the database with SQLite's online backup API; the daemon may keep "
         "running. The copy is encrypted under the same master key: keep the key too, apart "
         "from the copy.",
     )
     copy.add_argument("dest", metavar="DEST", help="file to create")
     copy.add_argument("--force", action="store_true", help="replace DEST if it exists")
-    copy.set_defaults(handler=backup_database)
-    rotate = commands.add_parser(
-        "rotate-master-key", parents=[common], help="re-encrypt every key under a new master key",
+    add_command(
+        commands, "rotate-master-key", common, rotate_key,
+        help="re-encrypt every key under a new master key",
         description="Generate a new master key file and re-encrypt every stored key under it in "
         "one transaction; the previous key is kept as <master key>.old for older backups. "
         "Restart the daemon afterwards. With Cloud KMS, rotate the KMS key in Cloud KMS instead.",
     )
-    rotate.set_defaults(handler=rotate_key)
 
 
 def init_database(ctx: Context, args: argparse.Namespace) -> int:

@@ -6,21 +6,21 @@ import argparse
 from dataclasses import asdict
 
 from keycast_tw.cli.context import EXIT_OK, Context
+from keycast_tw.cli.parsing import Commands, add_command
 from keycast_tw.signer import policy as policies
 from keycast_tw.signer.model import Permission
 from keycast_tw.store import admin
 
 
-def register(commands: argparse._SubParsersAction[argparse.ArgumentParser],
-             common: argparse.ArgumentParser) -> None:
-    policy = commands.add_parser(
-        "policy", parents=[common], help="add or list policies",
+def register(commands: Commands, common: argparse.ArgumentParser) -> None:
+    policy = add_command(
+        commands, "policy", common, help="add or list policies",
         description="A policy restricts what clients of an authorization may do. Its "
         "permissions are combined with AND.",
     )
     actions = policy.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
-    add = actions.add_parser(
-        "add", parents=[common], help="create a policy",
+    add = add_command(
+        actions, "add", common, add_policy, help="create a policy",
         description="Create a policy from one or more permissions.",
         epilog="example: keycast policy add social --allow-kinds 0,1,3,7 --block-words casino",
     )
@@ -42,10 +42,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser],
         help="decrypt, and sign only relay AUTH (kind 22242); never encrypt",
     )
     add.add_argument("--full-access", action="store_true", help="allow everything")
-    add.set_defaults(handler=add_policy)
-    listing = actions.add_parser("list", parents=[common], help="list the policies")
-    listing.add_argument("--json", action="store_true", help="print JSON")
-    listing.set_defaults(handler=list_policies)
+    add_command(actions, "list", common, list_policies, json_output=True, help="list the policies")
 
 
 def _kinds(text: str) -> list[int]:
