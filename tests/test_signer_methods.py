@@ -62,6 +62,11 @@ class SimpleMethodTests(SynchronousTestCase):
             },
         )
 
+    def test_get_relays_without_relays(self) -> None:
+        """With no relays configured get_relays answers an empty JSON object, not an error."""
+        world = World(self, relays=())
+        self.assertEqual(world.call(world.connected_client(), "get_relays")[1].result, "{}")
+
     def test_activity_recorded(self) -> None:
         """Each answered request is recorded without content."""
         self.world.call(self.client, "ping")
@@ -152,7 +157,7 @@ class SignEventTests(SynchronousTestCase):
     def test_content_and_tags_validation(self) -> None:
         """content must be a string, tags an array of arrays of strings."""
         self.assertEqual(self.refused(template(content=5)), "sign_event: content must be a string")
-        bad_tags: list[Any] = [{}, [["e", 1]], ["e"], "x"]
+        bad_tags: list[Any] = [{}, [["e", 1]], ["e"], "x", [["e", None]], [["e", ["x"]]], None]
         for bad in bad_tags:
             self.assertEqual(
                 self.refused(template(tags=bad)),
@@ -229,6 +234,16 @@ class ThirdPartyCryptoTests(SynchronousTestCase):
         """NIP-44 cannot encrypt an empty plaintext; that is an error reply."""
         response = self.call("nip44_encrypt", self.third.pubkey_hex, "")
         self.assertEqual(response.result, "error")
+
+    def test_empty_decrypted_plaintext_is_an_error(self) -> None:
+        """A message that decrypts to "" gets the error "empty plaintext", which every client
+        ends its request on (nostr-tools never resolves an empty result)."""
+        shared = self.third.shared_x(self.user.pubkey)
+        payload = nip04.encrypt_with_key("", shared)
+        response = self.call("nip04_decrypt", self.third.pubkey_hex, payload)
+        self.assertEqual(
+            (response.result, response.error), ("error", "nip04_decrypt: empty plaintext")
+        )
 
     def test_third_party_key_cached(self) -> None:
         """The (user, third party) conversation key is derived once."""

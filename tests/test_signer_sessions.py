@@ -27,7 +27,8 @@ class ConnectTests(SynchronousTestCase):
         """A wrong, empty or absent secret is refused with an error and binds nothing."""
         world = World(self)
         client = world.client()
-        for params in ([world.auth.bunker_pubkey, "nope"], [world.auth.bunker_pubkey, ""], [""]):
+        bad: list[list[str]] = [[world.auth.bunker_pubkey, "nope"], [world.auth.bunker_pubkey, ""]]
+        for params in [*bad, [""], []]:
             _, response = world.call(client, "connect", params)
             self.assertEqual((response.result, response.error), ("error", "invalid secret"))
         self.assertIsNone(world.auth.sessions)

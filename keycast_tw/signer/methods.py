@@ -134,7 +134,8 @@ def third_party_crypto(
     """nip04/nip44 encrypt/decrypt of params[1] between the user and the third party params[0].
 
     ``cached`` is the key already derived for (user, third party), if any; a key derived here is
-    returned in ``derived_key`` for the engine to cache.
+    returned in ``derived_key`` for the engine to cache. A decryption to the empty string is
+    refused with "<method>: empty plaintext" (see below).
     """
     scheme, _, direction = method.partition("_")
     derive, encrypt, decrypt = _SCHEMES[scheme]
@@ -159,4 +160,9 @@ def third_party_crypto(
         raise Refused(f"{method}: {error.reason}") from None
     except EncryptionError as error:
         raise Refused(f"{method}: {error}") from None
+    if not value:
+        # Only a NIP-04 message can decrypt to "" (NIP-44 has no empty plaintexts). nostr-tools
+        # resolves only a non-empty result, so "" would leave its request pending forever; an
+        # error reply ends it everywhere.
+        raise Refused(f"{method}: empty plaintext")
     return MethodResult(value, derived_key=None if cached is not None else key)
