@@ -18,7 +18,7 @@ import binascii
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -340,9 +340,7 @@ class _Source:
 
     def text(self, name: str) -> str:
         """A non-empty string: the given value or the default."""
-        value = self.raw(name)
-        if value is None:
-            value = option_spec(name).default
+        value = self._given_or_default(name)
         if not value:
             raise ConfigError(f"{option_spec(name).describe()} must not be empty")
         return value
@@ -363,37 +361,39 @@ class _Source:
         return value
 
     def integer(self, name: str, *, minimum: int, default: str | None = None) -> int:
-        value = self._number_text(name, default)
-        try:
-            number = int(value)
-        except ValueError:
-            number = minimum - 1
-        if number < minimum:
-            raise ConfigError(
-                f"{option_spec(name).describe()} must be an integer >= {minimum}, "
-                f"not {_quote(value)}"
-            )
-        return number
+        return int(self._number(name, int, "an integer", minimum, default))
 
     def real(self, name: str, *, minimum: float) -> float:
-        value = self._number_text(name, None)
+        return self._number(name, float, "a number", minimum, None)
+
+    def _number(
+        self,
+        name: str,
+        parse: Callable[[str], float],
+        kind: str,
+        minimum: float,
+        default: str | None,
+    ) -> float:
+        """``parse`` of the given value or default: finite and >= ``minimum``, else ConfigError."""
+        value = self._given_or_default(name, default)
+        assert value is not None, f"{name} has neither a default nor a derived default"
         try:
-            number = float(value)
+            number = parse(value)
         except ValueError:
             number = math.nan
-        if not (math.isfinite(number) and number >= minimum):
+        if not minimum <= number < math.inf:  # False for NaN too; exact for huge integers
             raise ConfigError(
-                f"{option_spec(name).describe()} must be a number >= {minimum:g}, "
+                f"{option_spec(name).describe()} must be {kind} >= {minimum:g}, "
                 f"not {_quote(value)}"
             )
         return number
 
-    def _number_text(self, name: str, default: str | None) -> str:
+    def _given_or_default(self, name: str, default: str | None = None) -> str | None:
+        """The given value, else ``default`` (a derived default), else the table's default."""
         value = self.raw(name)
-        if value is None:
-            value = default if default is not None else option_spec(name).default
-        assert value is not None, f"{name} has neither a default nor a derived default"
-        return value
+        if value is not None:
+            return value
+        return default if default is not None else option_spec(name).default
 
 
 def _firehose_threshold(source: _Source) -> int | None:
