@@ -9,7 +9,7 @@ import sqlite3
 from twisted.trial.unittest import SynchronousTestCase
 
 from keycast_tw.nostr.keys import SecretKey
-from keycast_tw.nostr.nip19 import encode_npub
+from keycast_tw.nostr.nip19 import encode_npub, encode_nsec
 from keycast_tw.signer.model import Permission
 from keycast_tw.signer.secrets import connect_secret_matches
 from keycast_tw.store import admin
@@ -98,6 +98,19 @@ class KeyTests(AdminTestCase):
         self.assertRaises(admin.NotFound, admin.find_key, self.conn, "carol")
         self.assertRaises(admin.NotFound, admin.find_key, self.conn, "99")
         self.assertRaises(admin.InvalidInput, admin.find_key, self.conn, "npub1notvalid")
+
+    def test_a_pasted_secret_is_never_repeated(self) -> None:
+        """An nsec or hex secret given where a key name belongs never appears in the error."""
+        self.add_key()
+        secret = SecretKey.generate().to_bytes()
+        for pasted in (encode_nsec(secret), secret.hex()):
+            with self.assertRaises(admin.AdminError) as caught:
+                admin.find_key(self.conn, pasted)
+            self.assertNotIn(pasted, str(caught.exception))
+        with self.assertRaises(admin.InvalidInput) as named:
+            self.add_key(encode_nsec(secret))
+        self.assertNotIn(encode_nsec(secret), str(named.exception))
+        self.assertEqual([k.name for k in admin.list_keys(self.conn)], ["alice"])
 
 
 class PolicyTests(AdminTestCase):

@@ -7,11 +7,12 @@ from datetime import UTC, datetime
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from keycast_tw.cli.context import EXIT_USAGE, CliError, wait_for
+from keycast_tw.cli.context import EXIT_USAGE, CliError, Context, wait_for
 from keycast_tw.cli.daemon import Target, summarize, target_from_endpoint, target_from_url
 from keycast_tw.cli.main import run
 from keycast_tw.cli.output import table, timestamp
 from keycast_tw.cli.when import parse_when
+from keycast_tw.config import config_from
 from keycast_tw.store.errors import MasterKeyError
 
 NOW = 1_700_000_000
@@ -160,3 +161,13 @@ class RunTests(SynchronousTestCase):
         self.assertEqual(status, 2)
         self.assertEqual(err.getvalue().count("\n"), 1)
         self.assertIn("KEYCAST_SHARD", err.getvalue())
+
+
+class ContextTests(SynchronousTestCase):
+    def test_repr_leaves_out_the_environment(self) -> None:
+        """A Context in a log or traceback never shows environment values (credentials)."""
+        environ = {"GOOGLE_API_TOKEN": "s3cret-token-value"}
+        ctx = Context(
+            config_from({}, {}), environ, io.StringIO(), io.StringIO(), io.StringIO()
+        )
+        self.assertNotIn("s3cret-token-value", repr(ctx))

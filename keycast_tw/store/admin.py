@@ -157,8 +157,13 @@ def find_key(conn: sqlite3.Connection, key: str) -> KeyInfo:
     """The key called ``key``: a name, an id, an npub or a hex pubkey (NotFound otherwise).
 
     Names can never look like the other three forms (see _check_name), so this is unambiguous.
+    Errors never repeat a pasted secret: an nsec is refused unseen, and 64 hex digits (a
+    pubkey, or a secret key pasted by mistake) are shown shortened.
     """
     key = key.strip()
+    if key.startswith("nsec1"):
+        raise InvalidInput(_NSEC_GIVEN)
+    shown = f"{key[:12]}…" if _HEX64.fullmatch(key) else key[:70]
     if key.isdigit():
         where, value = "id = ?", key
     elif key.startswith("npub1"):
@@ -175,7 +180,7 @@ def find_key(conn: sqlite3.Connection, key: str) -> KeyInfo:
         sql = f"SELECT id, name, pubkey, created_at FROM user_keys WHERE {where}"  # noqa: S608
         row = _one(conn, sql, (value,))
     if row is None:
-        raise NotFound(f"no key {key[:70]!r}; see `keycast key list`")
+        raise NotFound(f"no key {shown!r}; see `keycast key list`")
     return KeyInfo(*row)
 
 
@@ -447,10 +452,13 @@ def _authorization(row: Sequence[Any], now: int) -> AuthorizationInfo:
 # -- validation and small helpers -----------------------------------------------------------------
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+_NSEC_GIVEN = "that is a secret key (nsec); select a key by its name, id, npub or hex pubkey"
 
 
 def _check_name(name: str, what: str) -> None:
     """Names are short, printable and cannot be mistaken for an id, an npub or a hex pubkey."""
+    if name.startswith("nsec1"):
+        raise InvalidInput(f"a {what} name cannot be a secret key (nsec); it would be shown")
     if not name or name != name.strip():
         raise InvalidInput(f"a {what} name must be non-empty, without surrounding spaces")
     if len(name) > MAX_NAME_LENGTH:
