@@ -143,7 +143,6 @@ def status_kb(field: str) -> int:
 
 def measure(path: str, key_path: str) -> None:
     """Child process: start a StoreService, time ready, RSS, then a reload of 1,000 inserts."""
-    from twisted.internet import reactor
     from twisted.internet.defer import Deferred
     from twisted.internet.task import react
 
@@ -194,13 +193,8 @@ def measure(path: str, key_path: str) -> None:
                 }
             )
         )
-        d: Deferred[None] = Deferred.fromCoroutine(_stop(service))
-        await d
-
-    async def _stop(service: StoreService) -> None:
         await service.stopService()
 
-    del reactor
     react(lambda r: Deferred.fromCoroutine(main(r)))
 
 
