@@ -44,6 +44,7 @@ _HEX64: Final = re.compile(r"[0-9a-f]{64}")
 _HEX128: Final = re.compile(r"[0-9a-f]{128}")
 # Integers JavaScript represents exactly; beyond this JSON.stringify would print something else.
 _MAX_SAFE_INTEGER: Final = 2**53 - 1
+_SEQUENCES: Final = (list, tuple)
 
 
 def is_valid_kind(kind: object) -> TypeGuard[int]:
@@ -62,9 +63,16 @@ def is_valid_created_at(created_at: object) -> TypeGuard[int]:
 
 def is_valid_tags(tags: object) -> TypeGuard[Sequence[Sequence[str]]]:
     """A list of lists of strings (tuples accepted for callers that build events in Python)."""
-    return isinstance(tags, list | tuple) and all(
-        isinstance(tag, list | tuple) and all(isinstance(item, str) for item in tag) for tag in tags
-    )
+    # Plain loops: this runs on every request, and nested all() generators cost twice as much.
+    if not isinstance(tags, _SEQUENCES):
+        return False
+    for tag in tags:
+        if not isinstance(tag, _SEQUENCES):
+            return False
+        for item in tag:
+            if not isinstance(item, str):
+                return False
+    return True
 
 
 def _check_fields(event: Mapping[str, Any]) -> None:

@@ -108,9 +108,7 @@ class Registry:
         self._by_pubkey = by_pubkey
         now = self._now()
         self._refusing = {auth.id for auth in by_id.values() if not auth.is_live(now)}
-        self._kinds = Counter(
-            auth.kind for auth in by_id.values() if auth.id not in self._refusing
-        )
+        self._kinds = Counter(auth.kind for auth in by_id.values() if auth.id not in self._refusing)
         self._notify(added, removed)
 
     def _add(self, auth: Authorization) -> None:
