@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
-from functools import partial
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -29,7 +28,6 @@ from keycast_tw.config import KeycastConfig
 from keycast_tw.dispatch import Dispatcher
 from keycast_tw.metrics import Metrics
 from keycast_tw.nostr.event import sign_event
-from keycast_tw.nostr.keys import SecretKey
 from keycast_tw.process import (
     InstanceLock,
     InstanceLockError,
@@ -149,12 +147,11 @@ class KeycastService(MultiService):
             max_inflight=config.max_inflight,
         )
         self.metrics.track_inflight(lambda: self.dispatcher.inflight)
-        identity = SecretKey.generate()
         self.relays = RelayPool(
             config.relays,
             reactor=reactor,
             on_event=self.dispatcher.on_event,
-            auth_signer=partial(sign_event, privkey=identity),
+            auth_signer=self._sign_relay_auth,
             endpoint_for_url=relay_endpoint,
             options=RelayOptions(
                 p_chunk_size=config.relay_p_chunk,
@@ -180,9 +177,9 @@ class KeycastService(MultiService):
             interval=config.reload_interval,
         )
         self.notifier = SystemdNotifier(environ)
+        # The relay pool joins the tree once the store is loaded (see _store_loaded).
         for child in (
             self.store,
-            self.relays,
             self.web,
             self.reload_watcher,
             WatchdogService(self.notifier, reactor, self.healthy),
@@ -210,8 +207,11 @@ class KeycastService(MultiService):
         self._clock.callLater(self.config.ready_timeout, self._check_ready_timeout)
 
     def _store_loaded(self, _: object) -> None:
-        # The first load may add no pubkey (an empty database): tell the pool either way.
+        # Relays start only now: their subscription needs the bunker pubkeys, and NIP-42 AUTH
+        # needs the persistent relay identity, which the store loads. The first load may add
+        # no pubkey (an empty database): tell the pool either way.
         self.relays.set_bunker_pubkeys(self.registry.bunker_pubkeys())
+        self.relays.setServiceParent(self)  # type: ignore[no-untyped-call]
         self.metrics.set_authorizations(self.registry.counts())
         self.metrics.reloaded("ok")
         # systemd's READY=1 means "started": the database is open and loaded. Waiting for a relay
@@ -219,6 +219,14 @@ class KeycastService(MultiService):
         # cannot bring a relay back; the watchdog and /ready cover relay health instead.
         self.notifier.ready(f"loaded {sum(self.registry.counts().values())} authorizations")
         self._check_ready()
+
+    def _sign_relay_auth(self, template: dict[str, Any]) -> dict[str, Any]:
+        """NIP-42: sign a relay's AUTH challenge with the daemon's persistent relay identity,
+        so relays that allow-list the signer's pubkey keep accepting it across restarts."""
+        identity = self.store.relay_identity
+        if identity is None:  # relays start after the store loaded it; a guard, not a path
+            raise RuntimeError("the relay identity is not loaded")
+        return sign_event(template, identity)
 
     def _store_failed(self, failure: Failure) -> None:
         if isinstance(failure.value, StoreError):

@@ -269,6 +269,38 @@ class ReadinessTests(SynchronousTestCase):
         self.assertIn("STOPPING=1", received(sock))
 
 
+class RelayIdentityTests(SynchronousTestCase):
+    def test_auth_signed_with_the_persistent_identity(self) -> None:
+        """NIP-42 AUTH is signed by the store's relay identity, the same after a restart."""
+        daemon = Daemon(self)
+        daemon.start()
+        daemon.flush()
+        identity = daemon.service.store.relay_identity
+        assert identity is not None
+        server = daemon.connect_relay()
+        server.send("AUTH", "challenge-1")
+        daemon.flush()
+        (auth,) = server.of_type("AUTH")
+        self.assertEqual(auth[1]["kind"], 22242)
+        self.assertEqual(auth[1]["pubkey"], identity.pubkey_hex)
+        daemon.stop()
+        again = build_service(
+            daemon.config,
+            daemon.clock,
+            environ={},
+            relay_endpoint=lambda reactor, url: daemon.endpoint,
+            lock=FakeLock(),
+            install_signals=False,
+            store_runner=lambda store: ConnectionRunner(daemon.conn, daemon.db_path),
+            run_crypto=run_inline,
+        )
+        again.startService()
+        self.addCleanup(lambda: daemon.settle(again.stopService()))
+        daemon.flush()
+        assert again.store.relay_identity is not None
+        self.assertEqual(again.store.relay_identity.pubkey_hex, identity.pubkey_hex)
+
+
 class StatusTests(SynchronousTestCase):
     def test_status_keys(self) -> None:
         """/status carries the documented sections."""
