@@ -131,13 +131,6 @@ class ResponseTests(SynchronousTestCase):
             '{"id":"a","result":"error","error":"Not authorized"}',
         )
 
-    def test_auth_url_json(self) -> None:
-        """An auth challenge puts the URL in error with result "auth_url"."""
-        self.assertEqual(
-            nip46.auth_url_json("a", "https://x/y"),
-            '{"id":"a","result":"auth_url","error":"https://x/y"}',
-        )
-
     def test_non_unicode_refused(self) -> None:
         """A lone surrogate cannot be serialized; the error is a NostrError."""
         with self.assertRaises(NostrError):

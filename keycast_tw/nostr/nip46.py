@@ -31,7 +31,6 @@ __all__ = [
     "NostrConnectURI",
     "Request",
     "Response",
-    "auth_url_json",
     "build_request",
     "error_json",
     "parse_bunker_uri",
@@ -147,11 +146,6 @@ def response_json(request_id: str, result: str) -> str:
 def error_json(request_id: str, error: str) -> str:
     """A failure reply ``{"id", "result": "error", "error"}``, readable by every client family."""
     return _dumps({"id": request_id, "result": "error", "error": error})
-
-
-def auth_url_json(request_id: str, url: str) -> str:
-    """An auth challenge ``{"id", "result": "auth_url", "error": url}``; send one per request id."""
-    return _dumps({"id": request_id, "result": "auth_url", "error": url})
 
 
 def _optional_text(data: dict[str, Any], key: str, request_id: str) -> str | None:
