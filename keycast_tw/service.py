@@ -91,7 +91,7 @@ class KeycastService(MultiService):
         relay_endpoint: Callable[..., Any] = endpoint_for_url,
         environ: Mapping[str, str] = os.environ,
         kms: GcpKms | None = None,
-        lock: Callable[[str], InstanceLock] = acquire_instance_lock,
+        lock: Callable[[str, tuple[int, int] | None], InstanceLock] = acquire_instance_lock,
         install_signals: bool = True,
         store_runner: Callable[[StoreService], Runner] | None = None,
         run_crypto: CryptoRunner | None = None,
@@ -104,6 +104,9 @@ class KeycastService(MultiService):
         self._lock_factory = lock
         self._install_signals = install_signals
         self._lock: InstanceLock | None = None
+        self._shard = (
+            (config.shard_index, config.shard_count) if config.shard_count > 1 else None
+        )
         self._started_at = 0.0
         self._ready = False
         self._last_relay_seen = 0.0
@@ -191,7 +194,7 @@ class KeycastService(MultiService):
     def startService(self) -> None:
         self._started_at = self._clock.seconds()
         try:
-            self._lock = self._lock_factory(self.config.database_path)
+            self._lock = self._lock_factory(self.config.database_path, self._shard)
         except InstanceLockError as error:
             Service.startService(self)  # type: ignore[no-untyped-call]
             self._fatal(str(error))

@@ -228,8 +228,26 @@ class InstanceLockTests(SynchronousTestCase):
         self.assertEqual(child.wait(timeout=WAIT), 0)
         acquire_instance_lock(self.database).release()
 
+    def test_shards_share_a_database_but_not_a_shard(self) -> None:
+        """Daemons for different shards run together; the same shard twice, or an unsharded
+        daemon beside sharded ones (or the reverse), is refused."""
+        first = acquire_instance_lock(self.database, (0, 2))
+        self.addCleanup(first.release)
+        second = acquire_instance_lock(self.database, (1, 2))
+        self.addCleanup(second.release)
+        with self.assertRaises(InstanceLockError) as raised:
+            acquire_instance_lock(self.database, (1, 2))
+        self.assertIn("shard 1/2", str(raised.exception))
+        self.assertRaises(InstanceLockError, acquire_instance_lock, self.database)
+        first.release()
+        second.release()
+        whole = acquire_instance_lock(self.database)
+        self.addCleanup(whole.release)
+        self.assertRaises(InstanceLockError, acquire_instance_lock, self.database, (0, 2))
+
 
 @implementer(IReactorCore, IReactorFromThreads)
+
 class FakeReactor:
     """Records stop() and queues callFromThread/callWhenRunning calls."""
 

@@ -60,11 +60,13 @@ class FakeLock:
 
     def __init__(self) -> None:
         self.path: str | None = None
+        self.shard: tuple[int, int] | None = None
         self.released: dict[str, Any] | None = None
         self.observe: Callable[[], dict[str, Any]] = dict
 
-    def __call__(self, database_path: str) -> FakeLock:
+    def __call__(self, database_path: str, shard: tuple[int, int] | None) -> FakeLock:
         self.path = database_path
+        self.shard = shard
         return self
 
     def release(self) -> None:
@@ -370,12 +372,14 @@ class ShardTests(SynchronousTestCase):
         self.assertEqual(daemon.service.registry.bunker_pubkeys(), frozenset(mine))
         self.assertEqual(daemon.subscribed_pubkeys(), mine)
         self.assertEqual(daemon.service.status()["shard"], "1/2")
+        self.assertEqual(daemon.lock.shard, (1, 2))
 
     def test_single_shard_serves_all(self) -> None:
-        """The default 0/1 serves every authorization."""
+        """The default 0/1 serves every authorization and takes the database-wide lock."""
         daemon = Daemon(self, count=5)
         daemon.start()
         self.assertEqual(len(daemon.service.registry), 5)
+        self.assertIsNone(daemon.lock.shard)
 
 
 class ReloadTests(SynchronousTestCase):
