@@ -2,7 +2,8 @@
 
 ``build_service`` only constructs objects: nothing here starts a thread, opens a file or a
 socket until ``startService`` (twistd may fork after makeService). The children are the store
-(database, master key, registry load and reload), the relay pool, the health web server, the
+(database, master key, registry load and reload), the sender of queued nostrconnect responses,
+the relay pool, the health web server, the
 reload-signal watcher and the systemd watchdog; the parent owns what spans them: the instance
 lock, the crypto thread pool, signal handlers, readiness, and an ordered graceful stop (drain
 in-flight requests, then relays, then the database), which plain MultiService cannot do because
@@ -25,6 +26,7 @@ from twisted.python.threadpool import ThreadPool
 
 from keycast_tw import __version__
 from keycast_tw.config import KeycastConfig
+from keycast_tw.connects import ConnectResponder
 from keycast_tw.dispatch import Dispatcher
 from keycast_tw.metrics import Metrics
 from keycast_tw.nostr.event import sign_event
@@ -129,6 +131,7 @@ class KeycastService(MultiService):
             reconcile_interval=config.full_reload_interval,
             replay_window=int(config.created_at_window),
             runner_factory=store_runner,
+            on_pending_connects=lambda connects: self.connects.offer(connects),
         )
         self.store.setName("store")  # type: ignore[no-untyped-call]
         self.engine = Engine(
@@ -164,6 +167,15 @@ class KeycastService(MultiService):
         )
         self.relays.add_observer(self.metrics)
         self.relays.add_observer(self)
+        self.connects = ConnectResponder(
+            registry=self.registry,
+            build=self.engine.connect_response,
+            publish=lambda event: self.relays.publish(event),
+            listening=lambda pubkey: self.relays.listening_for(pubkey),
+            forget=self.store.delete_pending_connect,
+            clock=reactor,
+        )
+        self.relays.add_observer(self.connects)
         self.registry.add_listener(self._bunkers_changed)
         self.web = HealthServer(
             config.health_endpoint,
@@ -183,6 +195,7 @@ class KeycastService(MultiService):
         # The relay pool joins the tree once the store is loaded (see _store_loaded).
         for child in (
             self.store,
+            self.connects,
             self.web,
             self.reload_watcher,
             WatchdogService(self.notifier, reactor, self.healthy),
@@ -355,7 +368,7 @@ class KeycastService(MultiService):
                 count=self.dispatcher.inflight,
                 seconds=self.config.shutdown_timeout,
             )
-        for name in ("reload-signal", "web", "watchdog", "relays", "store"):
+        for name in ("reload-signal", "web", "watchdog", "connect-responses", "relays", "store"):
             child = self.namedServices.get(name)
             if child is not None and child.running:
                 try:

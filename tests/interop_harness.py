@@ -926,6 +926,32 @@ class InteropFixture:
         await process.wait_exit(timeout=budget)
         return ClientRun.parse(process)
 
+    def nostrconnect_client(
+        self,
+        relays: Sequence[str],
+        steps: Iterable[dict[str, Any]],
+        *,
+        wait_ms: int = 20_000,
+        timeout_ms: int = 10_000,
+        name: str = "keycast interop",
+        perms: str = "",
+    ) -> ManagedProcess:
+        """Start the nostr-tools client in its nostrconnect:// mode (not waited for).
+
+        It prints ``{"event": "nostrconnect_uri", "uri": ...}`` once it listens, then waits
+        at most ``wait_ms`` in BunkerSigner.fromURI and runs ``steps``. Wait for the URI line
+        with ``wait_for_line``, pair it (``keycast connect``), then ``wait_exit`` and
+        ``ClientRun.parse``.
+        """
+        require_tool("node-clients")
+        argv = [*_node_command(), "--scenario", json.dumps(list(steps))]
+        for url in relays:
+            argv += ["--nostrconnect", url]
+        argv += ["--wait-ms", str(wait_ms), "--timeout-ms", str(timeout_ms), "--name", name]
+        if perms:
+            argv += ["--perms", perms]
+        return self.spawn("nostrconnect-client", argv)
+
     # -- daemon
 
     def daemon(

@@ -1,7 +1,9 @@
-"""``keycast authorize``, ``authorizations`` and ``revoke``: who may use which key, and how.
+"""``keycast authorize``, ``connect``, ``authorizations`` and ``revoke``: who may use which key.
 
 ``authorize`` prints the bunker:// URI exactly once: the database keeps only a hash of its
-connect secret, so neither ``authorizations`` nor anything else can show it again.
+connect secret, so neither ``authorizations`` nor anything else can show it again. ``connect``
+is the other direction (the client made a nostrconnect:// URI); it never prints the client's
+secret, which only the daemon's connect response carries back.
 """
 
 from __future__ import annotations
@@ -47,6 +49,25 @@ def register(commands: Commands, common: argparse.ArgumentParser) -> None:
     )
     authorize.add_argument("--qr", action="store_true", help="also draw the URI as a QR code")
 
+    connect = add_command(
+        commands, "connect", common, connect_client,
+        help="pair a client that shows a nostrconnect:// URI (QR code)",
+        description="Create an authorization for KEY whose only client is the one that made "
+        "URI (nostrconnect://<client pubkey>?relay=...&secret=...), and have the running daemon "
+        "send it the connect response. The URI's relays must include one of the daemon's. Its "
+        "perms= grant nothing: --policy decides what the client may do. URI '-' reads the URI "
+        "from stdin (keeps its secret out of the process list).",
+        epilog="WHEN is a duration from now (30d, 12h, 1w, 1d12h) or an ISO-8601 date/time "
+        "(2030-01-31, 2030-01-31T18:00:00+02:00; UTC when no zone is given).",
+    )
+    connect.add_argument("key", metavar="KEY", help="key name, id, npub or hex pubkey")
+    connect.add_argument("uri", metavar="URI", help="the client's nostrconnect:// URI, or '-'")
+    connect.add_argument("--policy", metavar="NAME", help="restrict the client to this policy")
+    connect.add_argument("--expires", metavar="WHEN", help="stop serving it at WHEN")
+    connect.add_argument(
+        "--label", metavar="TEXT", help="a note shown in listings [default: the client's name]"
+    )
+
     add_command(
         commands, "authorizations", common, list_authorizations, json_output=True,
         help="list authorizations and their status",
@@ -73,13 +94,26 @@ def _max_uses(text: str) -> int | None:
     return value
 
 
+def _expires_at(ctx: Context, args: argparse.Namespace) -> int | None:
+    if args.expires is None:
+        return None
+    try:
+        return parse_when(args.expires, ctx.clock())
+    except ValueError as error:
+        raise CliError(f"--expires: {error}", EXIT_USAGE) from None
+
+
+def _describe(ctx: Context, info: admin.AuthorizationInfo) -> None:
+    ctx.out(f"  relays: {', '.join(info.relays)}")
+    uses = "unlimited" if info.max_uses is None else str(info.max_uses)
+    ctx.out(
+        f"  policy: {info.policy or 'none'}; max uses: {uses}; "
+        f"expires: {timestamp(info.expires_at, empty='never')}"
+    )
+
+
 def authorize_key(ctx: Context, args: argparse.Namespace) -> int:
-    expires_at = None
-    if args.expires is not None:
-        try:
-            expires_at = parse_when(args.expires, ctx.clock())
-        except ValueError as error:
-            raise CliError(f"--expires: {error}", EXIT_USAGE) from None
+    expires_at = _expires_at(ctx, args)
     relays = args.uri_relays or list(ctx.config.relays)
     for url in relays:
         if url not in ctx.config.relays:
@@ -100,19 +134,56 @@ def authorize_key(ctx: Context, args: argparse.Namespace) -> int:
         same_key=args.same_key,
         clock=ctx.clock,
     )
-    uses = "unlimited" if info.max_uses is None else str(info.max_uses)
     ctx.out(f"Authorization #{info.id} for key {info.key_name!r} ({encode_npub(info.user_pubkey)})")
     ctx.out(f"  bunker pubkey: {info.bunker_pubkey}{' (the user key)' if info.same_key else ''}")
-    ctx.out(f"  relays: {', '.join(info.relays)}")
-    ctx.out(
-        f"  policy: {info.policy or 'none'}; max uses: {uses}; "
-        f"expires: {timestamp(info.expires_at, empty='never')}"
-    )
+    _describe(ctx, info)
     ctx.out("Give this URI to the client. It holds the connect secret and is shown only now:")
     uri_text = uri.to_string()
     ctx.out(uri_text)
     if args.qr:
         segno.make(uri_text, error="m").terminal(out=ctx.stdout, compact=True)
+    return EXIT_OK
+
+
+def connect_client(ctx: Context, args: argparse.Namespace) -> int:
+    expires_at = _expires_at(ctx, args)
+    uri_text = args.uri
+    if uri_text == "-":
+        uri_text = ctx.stdin.readline().strip()
+        if not uri_text:
+            raise CliError("URI -: nothing on stdin", EXIT_USAGE)
+    result = admin.connect(
+        ctx.database(),
+        ctx.cipher(),
+        args.key,
+        uri_text,
+        ctx.config.relays,
+        policy=args.policy,
+        expires_at=expires_at,
+        label=args.label,
+        clock=ctx.clock,
+    )
+    info = result.authorization
+    for url in result.ignored_relays:
+        ctx.warn(
+            f"warning: {url[:100]} is not one of the daemon's relays (--relay/KEYCAST_RELAYS): "
+            "left out of this authorization"
+        )
+    ctx.out(f"Authorization #{info.id} for key {info.key_name!r} ({encode_npub(info.user_pubkey)})")
+    ctx.out(f"  bunker pubkey: {info.bunker_pubkey}")
+    ctx.out(f"  client pubkey: {result.client_pubkey} (the only client it accepts)")
+    _describe(ctx, info)
+    if info.label:
+        ctx.out(f"  label: {info.label}")
+    if result.requested_perms:
+        ctx.out(
+            f"  the client asked for: {', '.join(result.requested_perms)[:300]} "
+            f"(not granted from the URI; the policy decides: {info.policy or 'none'})"
+        )
+    ctx.out(
+        "A running daemon sends the client its connect response within one reload interval; "
+        "the client then shows it is connected."
+    )
     return EXIT_OK
 
 

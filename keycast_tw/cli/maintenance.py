@@ -98,6 +98,8 @@ def rotate_key(ctx: Context, args: argparse.Namespace) -> int:
         )
     result = rotate_master_key_file(ctx.database(), config.master_key_path)
     identity = " and the relay identity" if result.relay_identities else ""
+    if result.connect_secrets:
+        identity += f" (and {result.connect_secrets} queued connect responses)"
     ctx.out(
         f"Re-encrypted {result.user_keys} user keys, {result.bunker_keys} bunker keys{identity} "
         f"under a new master key in {config.master_key_path}"

@@ -145,7 +145,8 @@ class RelayPool(MultiService):
     def add_observer(self, observer: object) -> None:
         """Register an object with any of ``relay_connected(url)``, ``relay_disconnected(url)``,
         ``relay_subscribed(url)``, ``relay_reconnect(url)``, ``relay_message(url, kind)``,
-        ``response_published(event_id, accepted_by)``."""
+        ``response_published(event_id, accepted_by)``, ``pubkeys_applied()`` (a new set of
+        bunker pubkeys went out to the relays)."""
         self._observers.append(observer)
 
     def set_bunker_pubkeys(self, pubkeys: frozenset[str]) -> None:
@@ -184,6 +185,16 @@ class RelayPool(MultiService):
             self._publications[event_id] = publication
         for relay in self._relays.values():
             relay.publish(event)
+
+    def listening_for(self, pubkey: str) -> bool:
+        """Whether a relay has a live subscription (EOSE received) covering ``pubkey``.
+
+        A message p-tagging it that a client publishes now will reach us: the nostrconnect flow
+        sends its connect response only then, because the client answers at once.
+        """
+        applied = self._pubkeys is not None and pubkey in self._pubkeys
+        kept = self._pending_pubkeys is None or pubkey in self._pending_pubkeys
+        return applied and kept and self.subscribed_count() > 0
 
     def status(self) -> list[dict[str, Any]]:
         return [relay.status() for relay in self._relays.values()]
@@ -269,6 +280,7 @@ class RelayPool(MultiService):
             )
         for relay in self._relays.values():
             relay.set_wanted(plan)
+        self.relay_notify("pubkeys_applied")
 
     def _finish_publication(self, event_id: str) -> None:
         publication = self._publications.pop(event_id, None)

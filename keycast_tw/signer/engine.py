@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
+from secrets import token_hex
 from typing import Any, Final, cast
 
 import orjson
@@ -176,6 +177,33 @@ class Engine:
             "nip04_hits": self._nip04_keys.hits,
             "nip04_misses": self._nip04_keys.misses,
         }
+
+    def connect_response(
+        self, auth: Authorization, client: str, secret: str
+    ) -> Deferred[dict[str, Any]]:
+        """The unsolicited connect response of the nostrconnect:// flow, signed, to publish.
+
+        The client made a URI with its pubkey and ``secret``; it waits for a kind-24133 event
+        p-tagging it whose NIP-44 content, from the bunker key, has ``result == secret``, and
+        learns the bunker pubkey from the author. The id is random: clients match only the
+        result. The conversation key goes into the cache, so the client's first request costs
+        no ECDH. Fails with KeyUnavailable when the bunker key does not decrypt.
+        """
+        cache_key = (auth.bunker_pubkey, client)
+        cached = self._nip44_keys.get(cache_key)
+        response_id = token_hex(8)
+        built = self._run(
+            _connect_response, auth.bunker_key, client, cached, secret, response_id,
+            int(self._now()),
+        )
+
+        def cache_key_then_event(result: tuple[dict[str, Any], bytes]) -> dict[str, Any]:
+            event, key = result
+            if cached is None:
+                self._nip44_keys.put(cache_key, key)
+            return event
+
+        return built.addCallback(cache_key_then_event)
 
     def handle_event(self, event: Mapping[str, Any]) -> Deferred[Outcome]:
         """Handle one relay event; fires with its Outcome and never fails.
@@ -598,6 +626,23 @@ def _reply(
         secret, kind=KIND, content=content, tags=[["p", client], ["e", event_id]], created_at=now
     )
     return _Replied(response, result, error, failure)
+
+
+def _connect_response(
+    bunker_key: KeySource,
+    client: str,
+    cached: bytes | None,
+    secret: str,
+    response_id: str,
+    now: int,
+) -> tuple[dict[str, Any], bytes]:
+    """Crypto call (pure): the signed nostrconnect response and the conversation key used."""
+    bunker = bunker_key.secret_key()
+    key = cached if cached is not None else nip44.conversation_key(bunker, bytes.fromhex(client))
+    content = _encrypt(nip46.response_json(response_id, secret), key, False)
+    # The client pubkey was checked when the URI was parsed: no shape check needed again.
+    event = sign_validated(bunker, kind=KIND, content=content, tags=[["p", client]], created_at=now)
+    return event, key
 
 
 def _encrypt(body: str, key: bytes, legacy: bool) -> str:

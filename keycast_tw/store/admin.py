@@ -4,7 +4,8 @@ Synchronous functions over an open sqlite3 connection (keycast_tw.store.db.open_
 SecretCipher of the master key. Each function is one transaction, so a command either happens
 completely or not at all, and a running daemon picks the change up on its next reload through
 the change_seq triggers. Nothing returned or raised here carries a secret key or a connect
-secret, except the BunkerURI that ``authorize`` returns to be shown once.
+secret, except the BunkerURI that ``authorize`` returns to be shown once (``connect`` takes a
+client's secret and stores it only encrypted, for the daemon to send back).
 
 Mistakes the operator can fix (unknown key, duplicate name, bad policy) raise AdminError with a
 message fit for the terminal; database failures leave as keycast_tw.store.errors.StoreError.
@@ -19,15 +20,17 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from keycast_tw.config import check_relay_url
 from keycast_tw.nostr.errors import NostrError
 from keycast_tw.nostr.keys import SecretKey
 from keycast_tw.nostr.nip19 import decode_npub, encode_npub
-from keycast_tw.nostr.nip46 import BunkerURI
+from keycast_tw.nostr.nip46 import BunkerURI, parse_nostrconnect_uri
 from keycast_tw.signer import policy as policies
 from keycast_tw.signer.model import REGULAR, Permission
 from keycast_tw.signer.secrets import generate_connect_secret, hash_connect_secret
+from keycast_tw.store.connects import queue_connect_response
 from keycast_tw.store.crypto import bunker_key_aad, user_key_aad
 from keycast_tw.store.db import mapped_errors, transaction
 
@@ -39,6 +42,7 @@ EXPIRED = "expired"
 
 MAX_NAME_LENGTH = 64
 MAX_LABEL_LENGTH = 200
+MAX_CONNECT_SECRET_LENGTH = 512
 
 
 class Cipher(Protocol):
@@ -108,6 +112,17 @@ class AuthorizationInfo:
     label: str | None
     created_at: int
     status: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectResult:
+    """What ``connect`` created: the authorization, its one client, the URI's relays left out
+    (the daemon does not listen there) and the permissions the client asked for (not granted)."""
+
+    authorization: AuthorizationInfo
+    client_pubkey: str
+    ignored_relays: tuple[str, ...]
+    requested_perms: tuple[str, ...]
 
 
 # -- keys ---------------------------------------------------------------------------------------
@@ -327,45 +342,152 @@ def authorize(
         _check_label(label)
     secret = generate_connect_secret()
     with mapped_errors(_path(conn)), transaction(conn):
-        user = find_key(conn, key)
-        policy_id = _find_policy(conn, policy)[0] if policy is not None else None
-        if same_key:
-            bunker_pubkey = user.pubkey
-            bunker_ciphertext = None
-            existing = _one(
-                conn, "SELECT id FROM authorizations WHERE bunker_pubkey = ?", (bunker_pubkey,)
-            )
-            if existing is not None:
-                raise AlreadyExists(
-                    f"key {user.name!r} already has a same-key authorization (#{existing[0]}); "
-                    "revoking it does not free the pubkey: use a fresh bunker key instead"
-                )
-        else:
-            bunker = SecretKey.generate()
-            bunker_pubkey = bunker.pubkey_hex
-            bunker_ciphertext = cipher.encrypt(bunker.to_bytes(), bunker_key_aad(bunker_pubkey))
-        cursor = conn.execute(
-            "INSERT INTO authorizations (kind, user_key_id, bunker_pubkey,"
-            " bunker_secret_ciphertext, secret_hash, relays, policy_id, max_uses, expires_at,"
-            " label, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                REGULAR,
-                user.id,
-                bunker_pubkey,
-                bunker_ciphertext,
-                hash_connect_secret(secret),
-                json.dumps(list(relay_list)),
-                policy_id,
-                max_uses,
-                expires_at,
-                label,
-                now,
-                now,
-            ),
+        info = _insert_authorization(
+            conn,
+            cipher,
+            key,
+            relay_list,
+            secret_hash=hash_connect_secret(secret),
+            policy=policy,
+            max_uses=max_uses,
+            expires_at=expires_at,
+            label=label,
+            same_key=same_key,
+            now=now,
         )
-        assert cursor.lastrowid is not None
-        info = _get(conn, cursor.lastrowid, now)
-    return info, BunkerURI(pubkey=bunker_pubkey, relays=relay_list, secret=secret)
+    return info, BunkerURI(pubkey=info.bunker_pubkey, relays=relay_list, secret=secret)
+
+
+def _insert_authorization(
+    conn: sqlite3.Connection,
+    cipher: Cipher,
+    key: str,
+    relays: tuple[str, ...],
+    *,
+    secret_hash: bytes | None,
+    policy: str | None,
+    max_uses: int | None,
+    expires_at: int | None,
+    label: str | None,
+    same_key: bool,
+    now: int,
+) -> AuthorizationInfo:
+    """Insert one authorization row inside the caller's transaction (authorize and connect)."""
+    user = find_key(conn, key)
+    policy_id = _find_policy(conn, policy)[0] if policy is not None else None
+    if same_key:
+        bunker_pubkey = user.pubkey
+        bunker_ciphertext = None
+        existing = _one(
+            conn, "SELECT id FROM authorizations WHERE bunker_pubkey = ?", (bunker_pubkey,)
+        )
+        if existing is not None:
+            raise AlreadyExists(
+                f"key {user.name!r} already has a same-key authorization (#{existing[0]}); "
+                "revoking it does not free the pubkey: use a fresh bunker key instead"
+            )
+    else:
+        bunker = SecretKey.generate()
+        bunker_pubkey = bunker.pubkey_hex
+        bunker_ciphertext = cipher.encrypt(bunker.to_bytes(), bunker_key_aad(bunker_pubkey))
+    cursor = conn.execute(
+        "INSERT INTO authorizations (kind, user_key_id, bunker_pubkey,"
+        " bunker_secret_ciphertext, secret_hash, relays, policy_id, max_uses, expires_at,"
+        " label, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            REGULAR,
+            user.id,
+            bunker_pubkey,
+            bunker_ciphertext,
+            secret_hash,
+            json.dumps(list(relays)),
+            policy_id,
+            max_uses,
+            expires_at,
+            label,
+            now,
+            now,
+        ),
+    )
+    assert cursor.lastrowid is not None
+    return _get(conn, cursor.lastrowid, now)
+
+
+def connect(
+    conn: sqlite3.Connection,
+    cipher: Cipher,
+    key: str,
+    uri_text: str,
+    daemon_relays: Sequence[str],
+    *,
+    policy: str | None = None,
+    expires_at: int | None = None,
+    label: str | None = None,
+    clock: Clock = time.time,
+) -> ConnectResult:
+    """Pair user key ``key`` with the client of a nostrconnect:// URI (the client-initiated flow).
+
+    Creates an authorization with a fresh bunker key whose only client is the URI's client
+    pubkey: its session is active from the start, and there is no connect secret (secret_hash
+    NULL), so no one else can ever connect. Its relays are the URI's relays that the daemon
+    listens on (``daemon_relays``); the response could never reach the client on any other.
+    The unsolicited connect response carrying the URI's secret is queued for the daemon
+    (keycast_tw.store.connects). The URI's ``perms`` grant nothing: ``policy`` decides.
+    """
+    try:
+        uri = parse_nostrconnect_uri(uri_text)
+    except NostrError as error:
+        raise InvalidInput(f"not a usable nostrconnect:// URI: {error}") from None
+    if uri.secret is None:
+        raise InvalidInput(
+            "the nostrconnect:// URI has no secret: the client could not tell the daemon's "
+            "response from anyone else's (clients following NIP-46 since 2024-11 send one)"
+        )
+    if len(uri.secret) > MAX_CONNECT_SECRET_LENGTH:
+        raise InvalidInput(
+            f"the nostrconnect:// URI's secret is longer than {MAX_CONNECT_SECRET_LENGTH} "
+            "characters"
+        )
+    served = {_relay_identity(url) for url in daemon_relays}
+    relays = tuple(url for url in uri.relays if _relay_identity(url) in served)
+    if not relays:
+        wanted = ", ".join(url[:100] for url in uri.relays)
+        raise InvalidInput(
+            f"none of the URI's relays ({wanted}) is one of the daemon's relays "
+            f"({', '.join(daemon_relays)}): the client would never hear the daemon's response. "
+            f"Add {uri.relays[0][:100]} to the daemon's relays (--relay or KEYCAST_RELAYS, for "
+            "the daemon and this command), restart the daemon, then run this again"
+        )
+    now = int(clock())
+    if expires_at is not None and expires_at <= now:
+        raise InvalidInput("the expiry time is in the past")
+    if label is not None:
+        _check_label(label)
+    else:
+        label = _label_from(uri.name)
+    with mapped_errors(_path(conn)), transaction(conn):
+        info = _insert_authorization(
+            conn,
+            cipher,
+            key,
+            relays,
+            secret_hash=None,
+            policy=policy,
+            max_uses=1,
+            expires_at=expires_at,
+            label=label,
+            same_key=False,
+            now=now,
+        )
+        conn.execute(
+            "INSERT INTO client_sessions (authorization_id, client_pubkey, connected_at,"
+            " last_seen_at) VALUES (?, ?, ?, ?)",
+            (info.id, uri.client_pubkey, now, now),
+        )
+        queue_connect_response(conn, cipher, info.id, uri.client_pubkey, uri.secret, now)
+        info = _get(conn, info.id, now)
+    ignored = tuple(url for url in uri.relays if url not in relays)
+    return ConnectResult(info, uri.client_pubkey, ignored, uri.perms)
 
 
 def list_authorizations(
@@ -474,6 +596,25 @@ def _check_name(name: str, what: str) -> None:
 def _check_label(label: str) -> None:
     if len(label) > MAX_LABEL_LENGTH or not label.isprintable():
         raise InvalidInput(f"a label is printable text of at most {MAX_LABEL_LENGTH} characters")
+
+
+def _label_from(name: str | None) -> str | None:
+    """A label from the client's self-declared name: printable and short, or none."""
+    if name is None:
+        return None
+    text = "".join(char for char in name if char.isprintable()).strip()
+    return text[:MAX_LABEL_LENGTH] or None
+
+
+def _relay_identity(url: str) -> tuple[str, str, int | None, str]:
+    """What makes two relay URLs the same relay: case-insensitive scheme and host, the port,
+    the path without a trailing slash (``wss://Relay.example/`` is ``wss://relay.example``)."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return (url, "", None, "")
+    return (parts.scheme.lower(), (parts.hostname or "").lower(), port, parts.path.rstrip("/"))
 
 
 def _check_relays(relays: Sequence[str]) -> tuple[str, ...]:

@@ -2,7 +2,8 @@
 
 Blob layout is the Rust original's, nonce(12) || ciphertext || tag(16), but every blob here is
 bound by AES-GCM associated data to the pubkey it belongs to (``user_key_aad``,
-``bunker_key_aad``, ``relay_identity_aad``). Binding lets a loader trust the clear-text pubkey
+``bunker_key_aad``, ``relay_identity_aad``; a pending nostrconnect secret to its authorization
+and client, ``connect_secret_aad``). Binding lets a loader trust the clear-text pubkey
 column without deriving it (deriving a million pubkeys costs ~20 s), because a blob moved to
 another row fails to decrypt. The original used no AAD, so its blobs cannot be imported as-is:
 decrypt them with AAD b"" and re-encrypt them (docs/storage.md).
@@ -56,6 +57,18 @@ def bunker_key_aad(pubkey_hex: str) -> bytes:
 
 def relay_identity_aad(pubkey_hex: str) -> bytes:
     return b"keycast-tw:relay_identity:" + pubkey_hex.encode("ascii")
+
+
+def connect_secret_binding(authorization_id: int, client_pubkey: str) -> str:
+    """What a pending connect secret is bound to: its row (authorization) and its client.
+
+    The SQL in keycast_tw.store.rotation builds the same text (``id || ':' || client``).
+    """
+    return f"{authorization_id}:{client_pubkey}"
+
+
+def connect_secret_aad(binding: str) -> bytes:
+    return b"keycast-tw:connect_secret:" + binding.encode("ascii")
 
 
 class SecretCipher:

@@ -30,6 +30,7 @@ from keycast_tw.store.crypto import (
     KIND_FILE,
     SecretCipher,
     bunker_key_aad,
+    connect_secret_aad,
     generate_master_key,
     open_file_cipher,
     read_master_key_file,
@@ -45,6 +46,7 @@ class RotationResult(NamedTuple):
     user_keys: int
     bunker_keys: int
     relay_identities: int  # 0 before the first `keycast init` or daemon start, else 1
+    connect_secrets: int = 0  # queued nostrconnect responses (keycast_tw.store.connects)
 
 
 def rotate_master_key(
@@ -94,12 +96,24 @@ def rotate_master_key(
             "UPDATE relay_identity SET secret_ciphertext = ? WHERE id = ?",
             "relay identity",
         )
+        # Bound to "<authorization id>:<client pubkey>" (crypto.connect_secret_binding).
+        connects = _reencrypt(
+            conn,
+            old_cipher,
+            new_cipher,
+            connect_secret_aad,
+            "SELECT authorization_id, authorization_id || ':' || client_pubkey,"
+            " secret_ciphertext FROM pending_connect_responses",
+            "UPDATE pending_connect_responses SET secret_ciphertext = ?"
+            " WHERE authorization_id = ?",
+            "pending connect response of authorization",
+        )
         conn.execute(
             "INSERT OR REPLACE INTO master_key_info (id, kind, wrapped_data_key, key_check,"
             " created_at) VALUES (1, ?, ?, ?, ?)",
             (kind, wrapped_data_key, new_cipher.key_check(), created),
         )
-    return RotationResult(users, bunkers, identities)
+    return RotationResult(users, bunkers, identities, connects)
 
 
 def rotate_master_key_file(conn: sqlite3.Connection, path: str) -> RotationResult:

@@ -8,7 +8,9 @@ makeService, and a blocking open on the reactor would stall health checks. ``rea
 the registry holds every live authorization (or fails with a StoreError whose message is the
 one line to print). After that, timers on the injected clock run the incremental reload, the
 expiry sweep, the replay-window pruning and a periodic full reconcile (the safety net for rows
-deleted outright, which leave no change_seq behind).
+deleted outright, which leave no change_seq behind). A reload that brings authorizations, and
+every full load, also reads the queued nostrconnect responses (keycast_tw.store.connects) and
+hands them to ``on_pending_connects``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,12 @@ from twisted.python.failure import Failure
 from keycast_tw.nostr.keys import SecretKey
 from keycast_tw.signer.model import OAUTH, REGULAR, Authorization
 from keycast_tw.signer.registry import Registry
+from keycast_tw.store.connects import (
+    MAX_PENDING_AGE,
+    PendingConnect,
+    delete_pending_connect,
+    read_pending_connects,
+)
 from keycast_tw.store.crypto import SecretCipher, open_cipher
 from keycast_tw.store.db import BUSY_TIMEOUT_MS, connection_init, database_uri, prepare_database
 from keycast_tw.store.expiry import ExpiryQueue
@@ -76,6 +84,8 @@ class StoreService(Service):
         busy_timeout_ms: int = BUSY_TIMEOUT_MS,
         runner_factory: Callable[[StoreService], Runner] | None = None,
         now: Callable[[], float] = time.time,
+        on_pending_connects: Callable[[list[PendingConnect]], None] | None = None,
+        pending_connect_max_age: int = MAX_PENDING_AGE,
     ) -> None:
         self.database_path = database_path
         self.registry = registry
@@ -88,6 +98,8 @@ class StoreService(Service):
         self._busy_timeout_ms = busy_timeout_ms
         self._runner_factory = runner_factory or _pool_runner
         self._now = now
+        self._on_pending_connects = on_pending_connects
+        self._pending_connect_max_age = pending_connect_max_age
         self._pool: ConnectionPool | None = None
         self._runner: Runner | None = None
         self._loader: AuthorizationLoader | None = None
@@ -222,6 +234,9 @@ class StoreService(Service):
             self.registry.update(_merge_sessions(self.registry, result.upserts), result.removals)
             self._expiry.track(result.upserts)
         self._seq = result.new_seq
+        if result.upserts:
+            # `keycast connect` queues its response with the new authorization, in one commit.
+            await self._pick_up_connects()
         return self._record(
             ReloadInfo(
                 started,
@@ -247,6 +262,7 @@ class StoreService(Service):
         self.registry.replace_all(auths)
         self._expiry.reset(auths)
         self._seq = result.seq
+        await self._pick_up_connects()
         counts = self.registry.counts()
         self.log.info(
             "Loaded {total} total authorizations ({regular} regular + {oauth} OAuth)",
@@ -265,6 +281,46 @@ class StoreService(Service):
                 self._now() - started,
             )
         )
+
+    async def _pick_up_connects(self) -> None:
+        """Hand the queued nostrconnect responses to ``on_pending_connects`` (never fails).
+
+        Read after the registry holds their authorizations; the receiver sends those of the
+        authorizations this daemon serves. Stale rows are dropped here, with a log line.
+        """
+        if self._on_pending_connects is None:
+            return
+        try:
+            found = await self._run(
+                read_pending_connects,
+                self._require_cipher(),
+                int(self._now()),
+                self._pending_connect_max_age,
+            )
+        except Exception as error:
+            self.log.error("Reading queued connect responses failed: {error}", error=str(error))
+            return
+        if found.stale:
+            self.log.warn(
+                "Dropped {count} connect responses not sent within {seconds}s"
+                " (authorizations {ids}); pair those clients again with `keycast connect`",
+                count=len(found.stale),
+                seconds=self._pending_connect_max_age,
+                ids=", ".join(map(str, found.stale)),
+            )
+        for authorization_id in found.broken:
+            self.log.error(
+                "The queued connect response of authorization {authorization} does not"
+                " decrypt with this master key (restart the daemon after a key rotation)",
+                authorization=authorization_id,
+            )
+        if found.connects:
+            self._on_pending_connects(found.connects)
+
+    def delete_pending_connect(self, authorization_id: int) -> Deferred[None]:
+        """Forget a queued connect response: it was sent, or never will be."""
+        d: Deferred[None] = self._run(delete_pending_connect, authorization_id)
+        return d
 
     def sweep_expired(self) -> list[int]:
         """Re-file authorizations that expired as refused, and drop those refused long enough.
@@ -299,6 +355,11 @@ class StoreService(Service):
             )
         self.last_reload = info
         return info
+
+    def _require_cipher(self) -> SecretCipher:
+        if self.cipher is None:
+            raise RuntimeError("the store has not loaded its master key yet")
+        return self.cipher
 
     def _require_loader(self) -> AuthorizationLoader:
         if self._loader is None:

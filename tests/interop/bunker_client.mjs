@@ -3,6 +3,15 @@
 // Usage:
 //   node bunker_client.mjs --uri 'bunker://...' --scenario '[{"op":"connect"},{"op":"ping"}]'
 //        [--scenario-file PATH] [--timeout-ms 10000] [--client-secret HEX] [--keep-going]
+//   node bunker_client.mjs --nostrconnect ws://127.0.0.1:PORT [--nostrconnect ...]
+//        [--name NAME] [--perms sign_event:1,nip44_encrypt] [--wait-ms 30000] --scenario ...
+//
+// --nostrconnect is the client-initiated flow: the client makes its key and a
+// nostrconnect:// URI on those relays, prints
+//   {"event":"nostrconnect_uri","uri":"nostrconnect://...","client_pubkey":...}
+// once it listens, and waits (at most --wait-ms) in BunkerSigner.fromURI for the
+// signer's connect response; then it runs the scenario as usual.  Exit status 1
+// with {"event":"end","ok":false,"error":...} when no response came.
 //
 // Prints JSON lines on stdout:
 //   {"event":"start","client_pubkey":...,"bunker_pubkey":...,"relays":[...]}
@@ -31,7 +40,9 @@ import { performance } from 'node:perf_hooks'
 import { getPublicKey } from 'nostr-tools/pure'
 import * as nip04 from 'nostr-tools/nip04'
 import * as nip44 from 'nostr-tools/nip44'
-import { openSigner, withTimeout, describeError, hexToBytes, StepTimeout } from './nip46_session.mjs'
+import {
+  openSigner, openNostrConnect, withTimeout, describeError, hexToBytes, StepTimeout
+} from './nip46_session.mjs'
 
 const OPS = new Set([
   'connect', 'ping', 'get_public_key', 'sign_event', 'nip44_roundtrip', 'nip04_roundtrip',
@@ -57,13 +68,19 @@ function readOptions () {
         'scenario-file': { type: 'string' },
         'timeout-ms': { type: 'string', default: '10000' },
         'client-secret': { type: 'string' },
-        'keep-going': { type: 'boolean', default: false }
+        'keep-going': { type: 'boolean', default: false },
+        nostrconnect: { type: 'string', multiple: true },
+        name: { type: 'string', default: 'keycast interop' },
+        perms: { type: 'string', default: '' },
+        'wait-ms': { type: 'string', default: '30000' }
       }
     }).values
   } catch (err) {
     usage(err.message)
   }
-  if (!parsed.uri) usage('--uri is required')
+  if (!parsed.uri === !parsed.nostrconnect) usage('give either --uri or --nostrconnect')
+  const waitMs = Number(parsed['wait-ms'])
+  if (!Number.isInteger(waitMs) || waitMs <= 0) usage('--wait-ms must be a positive integer')
   const text = parsed.scenario ?? (parsed['scenario-file'] ? readFileSync(parsed['scenario-file'], 'utf8') : null)
   if (text === null) usage('--scenario or --scenario-file is required')
   let steps
@@ -77,7 +94,17 @@ function readOptions () {
   }
   const timeoutMs = Number(parsed['timeout-ms'])
   if (!Number.isInteger(timeoutMs) || timeoutMs <= 0) usage('--timeout-ms must be a positive integer')
-  return { uri: parsed.uri, steps, timeoutMs, clientSecret: parsed['client-secret'], keepGoing: parsed['keep-going'] }
+  return {
+    uri: parsed.uri,
+    steps,
+    timeoutMs,
+    clientSecret: parsed['client-secret'],
+    keepGoing: parsed['keep-going'],
+    nostrconnect: parsed.nostrconnect,
+    name: parsed.name,
+    perms: parsed.perms.split(',').filter(Boolean),
+    waitMs
+  }
 }
 
 // The local half of a round trip with a peer whose secret key we hold.
@@ -174,10 +201,24 @@ async function runStep (session, state, step) {
 async function main () {
   const options = readOptions()
   let session
-  try {
-    session = await openSigner(options.uri, { clientSecretHex: options.clientSecret })
-  } catch (err) {
-    usage(String(err?.message ?? err))
+  if (options.nostrconnect) {
+    try {
+      session = await openNostrConnect(options.nostrconnect, {
+        name: options.name,
+        perms: options.perms,
+        waitMs: options.waitMs,
+        onUri: (uri, clientPubkey) => emit({ event: 'nostrconnect_uri', uri, client_pubkey: clientPubkey })
+      })
+    } catch (err) {
+      emit({ event: 'end', ok: false, ...describeError(err) })
+      process.exit(1)
+    }
+  } else {
+    try {
+      session = await openSigner(options.uri, { clientSecretHex: options.clientSecret })
+    } catch (err) {
+      usage(String(err?.message ?? err))
+    }
   }
   emit({
     event: 'start',

@@ -6,7 +6,7 @@
 
 import WebSocket from 'ws'
 import { useWebSocketImplementation, SimplePool } from 'nostr-tools/pool'
-import { BunkerSigner, parseBunkerInput } from 'nostr-tools/nip46'
+import { BunkerSigner, createNostrConnectURI, parseBunkerInput } from 'nostr-tools/nip46'
 import { generateSecretKey, getPublicKey } from 'nostr-tools/pure'
 import { hexToBytes, bytesToHex } from 'nostr-tools/utils'
 
@@ -47,6 +47,56 @@ export function describeError (err) {
 // The harness and the bench only ever talk to relays on this machine.
 const LOOPBACK = new Set(['127.0.0.1', 'localhost', '[::1]'])
 
+function checkLoopback (relays) {
+  for (const relay of relays) {
+    let host
+    try {
+      host = new URL(relay).hostname
+    } catch {
+      throw new Error(`bad relay URL ${relay}`)
+    }
+    if (!LOOPBACK.has(host)) throw new Error(`relay ${relay} is not on loopback`)
+  }
+}
+
+// The client-initiated flow: make a client key and a nostrconnect:// URI
+// (createNostrConnectURI), hand the URI to `onUri` once the client listens on
+// every relay, then wait in BunkerSigner.fromURI (at most `waitMs`) for the
+// signer's connect response carrying the secret.  Opening the relays first
+// means fromURI's REQ is on the wire before anyone can read the URI: relays do
+// not store kind 24133, so a response sent before the REQ would be lost.
+export async function openNostrConnect (relays, { name, perms = [], waitMs, onUri }) {
+  checkLoopback(relays)
+  const secretKey = generateSecretKey()
+  const clientPubkey = getPublicKey(secretKey)
+  const secret = bytesToHex(generateSecretKey()).slice(0, 16)
+  const uri = createNostrConnectURI({ clientPubkey, relays, secret, perms, name })
+  const pool = new SimplePool()
+  await Promise.all(relays.map(url => pool.ensureRelay(url)))
+  const waiting = BunkerSigner.fromURI(secretKey, uri, { pool, onauth: () => {} }, waitMs)
+  // fromURI subscribes after one await on the (already open) relays.
+  await new Promise(resolve => setTimeout(resolve, 0))
+  onUri(uri, clientPubkey)
+  let signer
+  try {
+    signer = await withTimeout(waiting, waitMs)
+  } catch (err) {
+    pool.destroy()
+    throw err
+  }
+  return {
+    signer,
+    pool,
+    pointer: signer.bp,
+    secretKey,
+    clientPubkey,
+    async close () {
+      await signer.close()
+      pool.destroy()
+    }
+  }
+}
+
 // Parse a bunker:// URI and open a signer with its own relay pool.  The pool
 // must be passed explicitly: nip46.js bundles a pool of its own that ignores
 // useWebSocketImplementation.  Relays off loopback are refused before any
@@ -56,15 +106,7 @@ export async function openSigner (uri, { clientSecretHex } = {}) {
   if (pointer === null) {
     throw new Error('not a bunker:// URI')
   }
-  for (const relay of pointer.relays) {
-    let host
-    try {
-      host = new URL(relay).hostname
-    } catch {
-      throw new Error(`bad relay URL ${relay}`)
-    }
-    if (!LOOPBACK.has(host)) throw new Error(`relay ${relay} is not on loopback`)
-  }
+  checkLoopback(pointer.relays)
   const secretKey = clientSecretHex ? hexToBytes(clientSecretHex) : generateSecretKey()
   const pool = new SimplePool()
   const signer = BunkerSigner.fromBunker(secretKey, pointer, { pool, onauth: () => {} })
