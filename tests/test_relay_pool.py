@@ -134,6 +134,32 @@ class SubscriptionTests(SynchronousTestCase):
             [e["relay_url"] for e in logs if "subscribed (EOSE)" in e["log_format"]], [A]
         )
 
+    def test_listening_for_a_pubkey_needs_its_plan_applied_and_eose(self) -> None:
+        """listening_for turns true only once a relay got EOSE for a plan with that pubkey;
+        applying a plan is announced to observers (pubkeys_applied)."""
+        h = Harness(self)
+        applied: list[str] = []
+
+        class Applied:
+            def pubkeys_applied(self) -> None:
+                applied.append("applied")
+
+        h.pool.add_observer(Applied())
+        first, second = sorted(keys(2))
+        h.pool.set_bunker_pubkeys(frozenset({first}))
+        server = h.connect()
+        self.assertFalse(h.pool.listening_for(first))
+        h.send(server, "EOSE", "keycast-p0")
+        self.assertTrue(h.pool.listening_for(first))
+        h.pool.set_bunker_pubkeys(frozenset({first, second}))
+        self.assertFalse(h.pool.listening_for(second))
+        h.clock.advance(0.1)
+        h.flush()
+        self.assertEqual(applied, ["applied", "applied"])
+        self.assertFalse(h.pool.listening_for(second))
+        h.send(server, "EOSE", "keycast-p0")
+        self.assertTrue(h.pool.listening_for(second))
+
     def test_resubscribe_on_reconnect_since_last_heard(self) -> None:
         """A reconnect resubscribes from the last frame heard on the old connection, minus skew."""
         h = Harness(self)
