@@ -209,7 +209,7 @@ class RotationTests(SynchronousTestCase):
         """The relay identity is re-encrypted in the same transaction as every other key."""
         identity = load_or_create_relay_identity(self.conn, self.old)
         new = new_cipher()
-        self.assertEqual(rotate_master_key(self.conn, self.old, new), (1, 1, 1))
+        self.assertEqual(rotate_master_key(self.conn, self.old, new), (1, 1, 1, 0))
         self.assertEqual(
             load_or_create_relay_identity(self.conn, new).to_bytes(), identity.to_bytes()
         )
