@@ -170,8 +170,8 @@ class KeycastService(MultiService):
         self.connects = ConnectResponder(
             registry=self.registry,
             build=self.engine.connect_response,
-            publish=lambda event: self.relays.publish(event),
-            listening=lambda pubkey: self.relays.listening_for(pubkey),
+            publish=lambda event, relays: self.relays.publish(event, counted=relays),
+            listening=lambda pubkey, relays: self.relays.listening_for(pubkey, relays),
             forget=self.store.delete_pending_connect,
             clock=reactor,
         )

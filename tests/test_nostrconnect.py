@@ -22,7 +22,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from keycast_tw.cli.main import run as run_cli
-from keycast_tw.connects import ConnectResponder
+from keycast_tw.connects import RETRY_DELAY, ConnectResponder
 from keycast_tw.nostr import nip44, nip46
 from keycast_tw.nostr.event import check_event
 from keycast_tw.nostr.keys import SecretKey
@@ -51,6 +51,7 @@ from tests.signer_helpers import World, make_authorization
 from tests.test_store_fixtures import NOW, add_authorization, add_user_key, new_cipher
 
 DAEMON_RELAYS = ("wss://relay.example", "ws://127.0.0.1:7777")
+RELAY = "wss://relay.example.com"  # the relay of tests.signer_helpers.make_authorization
 SECRET = "s3cr3t-0123456789abcdef"
 CLIENT = SecretKey.generate()
 
@@ -133,7 +134,15 @@ class ConnectAdminTests(SynchronousTestCase):
             ("WS://127.0.0.1:7777/",), extra='&metadata={"name":"Rust App","url":"https://a.b"}'
         )
         info = self.connect(uri).authorization
-        self.assertEqual((info.relays, info.label), (("WS://127.0.0.1:7777/",), "Rust App"))
+        self.assertEqual((info.relays, info.label), (("ws://127.0.0.1:7777",), "Rust App"))
+
+    def test_relays_stored_in_the_daemon_spelling_once(self) -> None:
+        """Two spellings of one daemon relay become that relay's configured URL, once: the
+        daemon sends and counts the response on the authorization's relays by their URLs."""
+        uri = nostrconnect_uri(("WSS://Relay.example/", "wss://relay.example", "wss://x.example"))
+        result = self.connect(uri)
+        self.assertEqual(result.authorization.relays, ("wss://relay.example",))
+        self.assertEqual(result.ignored_relays, ("wss://x.example",))
 
     def test_refusals_write_nothing_and_never_quote_the_secret(self) -> None:
         """No secret, a bad URI, or no relay the daemon listens on: InvalidInput, no rows."""
@@ -285,11 +294,11 @@ class StorePickUpTests(SynchronousTestCase):
         self.offered: list[list[PendingConnect]] = []
         self.logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
 
-    def start(self) -> StoreService:
+    def start(self, registry: Registry | None = None) -> StoreService:
         self.clock = Clock()
         service = StoreService(
             database_path=self.db_path,
-            registry=Registry(),
+            registry=Registry() if registry is None else registry,
             reactor=self.clock,
             master_key_path=self.key_path,
             runner_factory=lambda _: ConnectionRunner(self.conn, self.db_path),
@@ -345,6 +354,25 @@ class StorePickUpTests(SynchronousTestCase):
         self.assertEqual(
             self.conn.execute("SELECT COUNT(*) FROM pending_connect_responses").fetchone(), (0,)
         )
+
+    def test_undecryptable_rows_reported_only_for_served_authorizations(self) -> None:
+        """A row another key wrote is an ERROR only for the daemon that serves its
+        authorization; other shards' rows are not theirs to report."""
+        served = self.connect()
+        foreign = self.connect()
+        stranger = SecretCipher(os.urandom(32))
+        for auth_id in (served, foreign):
+            self.conn.execute(
+                "UPDATE pending_connect_responses SET secret_ciphertext = ?"
+                " WHERE authorization_id = ?",
+                (stranger.encrypt(b"x", connect_secret_aad(
+                    connect_secret_binding(auth_id, CLIENT.pubkey_hex))), auth_id),
+            )
+        self.conn.commit()
+        self.start(Registry(accept=lambda auth: auth.id == served))  # the shard serving one
+        errors = [line for line in map(formatEvent, self.logged) if "does not decrypt" in line]
+        self.assertEqual(len(errors), 1)
+        self.assertIn(f"authorization {served} ", errors[0])
 
     def test_delete_pending_connect(self) -> None:
         """delete_pending_connect removes the row (the responder calls it once sent)."""
@@ -403,9 +431,13 @@ class EngineConnectResponseTests(SynchronousTestCase):
 
 
 class FakeRelays:
+    """The relay pool as the responder sees it: which relays listen, what went out where."""
+
     def __init__(self) -> None:
         self.listening = False
+        self.listening_on = {RELAY}
         self.published: list[dict[str, Any]] = []
+        self.counted: list[tuple[str, ...]] = []
         self.forgotten: list[int] = []
         self.built: list[tuple[int, str, str]] = []
         self.build_result: Deferred[dict[str, Any]] | None = None
@@ -420,6 +452,13 @@ class FakeRelays:
         self.forgotten.append(authorization_id)
         return succeed(None)
 
+    def publish(self, event: dict[str, Any], relays: tuple[str, ...]) -> None:
+        self.published.append(event)
+        self.counted.append(relays)
+
+    def listening_for(self, pubkey: str, relays: tuple[str, ...]) -> bool:
+        return self.listening and bool(self.listening_on & set(relays))
+
 
 class ResponderTests(SynchronousTestCase):
     def setUp(self) -> None:
@@ -433,8 +472,10 @@ class ResponderTests(SynchronousTestCase):
         self.responder = ConnectResponder(
             registry=self.registry,
             build=self.relays.build,
-            publish=self.relays.published.append,
-            listening=lambda pubkey: self.relays.listening and pubkey == self.auth.bunker_pubkey,
+            publish=self.relays.publish,
+            listening=lambda pubkey, relays: (
+                pubkey == self.auth.bunker_pubkey and self.relays.listening_for(pubkey, relays)
+            ),
             forget=self.relays.forget,
             clock=self.clock,
         )
@@ -516,6 +557,75 @@ class ResponderTests(SynchronousTestCase):
             "Cannot build the connect response of authorization 7: bunker key does not decrypt",
             self.lines(),
         )
+
+    def test_only_the_authorization_relays_count(self) -> None:
+        """A subscription on a relay the client does not read does not release the response;
+        once released, only the authorization's relays count for its acceptance."""
+        self.relays.listening = True
+        self.relays.listening_on = {"wss://other.example"}
+        self.responder.offer([self.pending])
+        self.assertEqual(self.relays.published, [])
+        self.relays.listening_on = {RELAY}
+        self.responder.relay_subscribed(RELAY)
+        self.assertEqual(self.relays.counted, [(RELAY,)])
+
+    def test_unaccepted_response_is_retried_with_a_growing_delay(self) -> None:
+        """Without any new subscription, a response no relay accepted goes out again after
+        RETRY_DELAY, then after twice that."""
+        self.relays.listening = True
+        self.responder.offer([self.pending])
+        self.responder.response_published(self.relays.published[-1]["id"], 0)
+        self.clock.advance(RETRY_DELAY)
+        self.assertEqual(len(self.relays.published), 2)
+        self.responder.response_published(self.relays.published[-1]["id"], 0)
+        self.clock.advance(RETRY_DELAY)
+        self.assertEqual(len(self.relays.published), 2)
+        self.clock.advance(RETRY_DELAY)
+        self.assertEqual(len(self.relays.published), 3)
+        self.assertFalse(any(SECRET in line for line in self.lines()))
+
+    def test_revoked_while_signing_is_not_published(self) -> None:
+        """An authorization revoked while its response was being signed: nothing goes out, the
+        row is deleted."""
+        self.relays.listening = True
+        self.relays.build_result = Deferred()
+        self.responder.offer([self.pending])
+        self.auth.revoked_at = NOW
+        self.relays.build_result.callback({"id": "f" * 64, "kind": nip46.KIND})
+        self.assertEqual((self.relays.published, self.relays.forgotten), ([], [7]))
+
+    def test_offers_before_start_and_after_stop(self) -> None:
+        """An offer before the start waits for it (no timer until then); one after the stop is
+        not taken, so no secret or timer outlives the service."""
+        self.responder.stopService()
+        self.responder.offer([self.pending])
+        self.assertEqual((self.responder.pending, self.clock.getDelayedCalls()), (0, []))
+        fresh = ConnectResponder(
+            registry=self.registry,
+            build=self.relays.build,
+            publish=self.relays.publish,
+            listening=self.relays.listening_for,
+            forget=self.relays.forget,
+            clock=self.clock,
+        )
+        self.relays.listening = True
+        fresh.offer([self.pending])
+        self.assertEqual((fresh.pending, self.clock.getDelayedCalls()), (1, []))
+        fresh.startService()
+        self.addCleanup(fresh.stopService)
+        self.assertEqual(len(self.relays.published), 1)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+    def test_stop_cancels_retry_timers(self) -> None:
+        """A retry scheduled after an unaccepted response does not outlive stopService."""
+        self.relays.listening = True
+        self.responder.offer([self.pending])
+        self.responder.response_published(self.relays.published[-1]["id"], 0)
+        self.responder.relay_subscribed(RELAY)  # the retry is replaced, not left behind
+        self.responder.response_published(self.relays.published[-1]["id"], 0)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 2)  # expiry and one retry
+        self.responder.stopService()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_stop_cancels_timers(self) -> None:
         """stopService leaves no delayed call behind."""

@@ -159,6 +159,8 @@ class SubscriptionTests(SynchronousTestCase):
         self.assertFalse(h.pool.listening_for(second))
         h.send(server, "EOSE", "keycast-p0")
         self.assertTrue(h.pool.listening_for(second))
+        self.assertTrue(h.pool.listening_for(second, (A, B)))
+        self.assertFalse(h.pool.listening_for(second, (B,)))  # B does not listen
 
     def test_resubscribe_on_reconnect_since_last_heard(self) -> None:
         """A reconnect resubscribes from the last frame heard on the old connection, minus skew."""
@@ -407,6 +409,20 @@ class PublishTests(SynchronousTestCase):
         h.send(sb, "OK", event["id"], False, "blocked: no")
         self.assertEqual(h.observer.of("published"), [("published", event["id"], 1)])
         self.assertEqual((h.status(A)["ok"], h.status(B)["rejected"]), (1, 1))
+
+    def test_publish_counts_only_the_given_relays(self) -> None:
+        """publish(counted=...) still sends everywhere, but reports only those relays' verdicts:
+        an OK from another relay does not count."""
+        h = Harness(self, urls=(A, B))
+        sa, sb = h.connect(A), h.connect(B)
+        event = request()
+        h.pool.publish(event, counted=(B,))
+        h.flush()
+        self.assertEqual(sa.of_type("EVENT"), [["EVENT", event]])
+        h.send(sa, "OK", event["id"], True, "")
+        self.assertEqual(h.observer.of("published"), [])
+        h.send(sb, "OK", event["id"], False, "blocked: no")
+        self.assertEqual(h.observer.of("published"), [("published", event["id"], 0)])
 
     def test_publication_times_out(self) -> None:
         """Relays that never answer OK do not hold the report back beyond ok_timeout."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random as _random
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,18 +167,22 @@ class RelayPool(MultiService):
                 self._options.resubscribe_debounce, self._apply_pending
             )
 
-    def publish(self, event: dict[str, Any]) -> None:
+    def publish(self, event: dict[str, Any], *, counted: Collection[str] | None = None) -> None:
         """Send ``event`` to every relay; relays that are down get it on their next connection.
 
         Outcomes are tracked (and reported to observers) only while the pool runs: a response
-        finished after the stop began arms no timer that would outlive the pool.
+        finished after the stop began arms no timer that would outlive the pool. ``counted``
+        limits the relays whose verdict ``response_published`` reports: a nostrconnect
+        response is delivered only if a relay its client reads accepted it.
         """
         event_id = event.get("id") if isinstance(event, dict) else None
         if not isinstance(event_id, str) or not EVENT_ID.fullmatch(event_id):
             self.log.error("Refusing to publish an event without a valid id")
             return
         if self.running and event_id not in self._publications:
-            publication = _Publication(remaining=set(self._relays))
+            relays = self._relays.keys()
+            remaining = set(relays) if counted is None else relays & set(counted)
+            publication = _Publication(remaining=remaining)
             publication.timer = self._clock.callLater(
                 self._options.ok_timeout, self._finish_publication, event_id
             )
@@ -186,15 +190,25 @@ class RelayPool(MultiService):
         for relay in self._relays.values():
             relay.publish(event)
 
-    def listening_for(self, pubkey: str) -> bool:
-        """Whether a relay has a live subscription (EOSE received) covering ``pubkey``.
+    def listening_for(self, pubkey: str, relays: Collection[str] | None = None) -> bool:
+        """Whether a relay (one of ``relays`` when given) has a live subscription (EOSE
+        received) covering ``pubkey``.
 
-        A message p-tagging it that a client publishes now will reach us: the nostrconnect flow
-        sends its connect response only then, because the client answers at once.
+        A message p-tagging it that a client publishes now on that relay will reach us: the
+        nostrconnect flow sends its connect response only then, because the client answers at
+        once, and only on the relays the client reads.
         """
         applied = self._pubkeys is not None and pubkey in self._pubkeys
         kept = self._pending_pubkeys is None or pubkey in self._pending_pubkeys
-        return applied and kept and self.subscribed_count() > 0
+        return (
+            applied
+            and kept
+            and any(
+                relay.subscribed
+                for url, relay in self._relays.items()
+                if relays is None or url in relays
+            )
+        )
 
     def status(self) -> list[dict[str, Any]]:
         return [relay.status() for relay in self._relays.values()]

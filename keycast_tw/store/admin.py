@@ -448,8 +448,14 @@ def connect(
             f"the nostrconnect:// URI's secret is longer than {MAX_CONNECT_SECRET_LENGTH} "
             "characters"
         )
-    served = {_relay_identity(url) for url in daemon_relays}
-    relays = tuple(url for url in uri.relays if _relay_identity(url) in served)
+    # Stored in the daemon's own spelling: the daemon sends and counts the response only on
+    # the relays of the authorization, and it knows its relays by their configured URLs.
+    served = {_relay_identity(url): url for url in daemon_relays}
+    relays = tuple(
+        dict.fromkeys(
+            served[_relay_identity(url)] for url in uri.relays if _relay_identity(url) in served
+        )
+    )
     if not relays:
         wanted = ", ".join(url[:100] for url in uri.relays)
         raise InvalidInput(
@@ -486,7 +492,7 @@ def connect(
         )
         queue_connect_response(conn, cipher, info.id, uri.client_pubkey, uri.secret, now)
         info = _get(conn, info.id, now)
-    ignored = tuple(url for url in uri.relays if url not in relays)
+    ignored = tuple(url for url in uri.relays if _relay_identity(url) not in served)
     return ConnectResult(info, uri.client_pubkey, ignored, uri.perms)
 
 

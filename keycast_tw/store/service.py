@@ -309,6 +309,8 @@ class StoreService(Service):
                 ids=", ".join(map(str, found.stale)),
             )
         for authorization_id in found.broken:
+            if self.registry.by_id(authorization_id) is None:
+                continue  # another shard's (or a revoked) authorization: not ours to report
             self.log.error(
                 "The queued connect response of authorization {authorization} does not"
                 " decrypt with this master key (restart the daemon after a key rotation)",
