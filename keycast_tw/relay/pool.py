@@ -11,7 +11,7 @@ from __future__ import annotations
 import random as _random
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.internet import ClientService
@@ -43,7 +43,6 @@ class _Publication:
     remaining: set[str]
     timer: IDelayedCall | None = None
     accepted: int = 0
-    relays: list[str] = field(default_factory=list)
 
 
 class RelayPool(MultiService):
