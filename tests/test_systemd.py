@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 from typing import Any
 
 from twisted.internet.task import Clock
@@ -40,10 +42,14 @@ class NotifierTests(SynchronousTestCase):
 
     def listen(self) -> tuple[Listener, SystemdNotifier]:
         """A listener on a filesystem socket and a notifier pointed at it."""
-        path = self.mktemp()  # relative: short enough for sun_path
+        # sun_path holds 107 bytes and NOTIFY_SOCKET must be absolute: a path under
+        # _trial_temp can exceed that on a CI checkout with a longer root, so use /tmp.
+        directory = tempfile.mkdtemp(prefix="kc-notify-")
+        self.addCleanup(shutil.rmtree, directory, ignore_errors=True)
+        path = os.path.join(directory, "notify")
         listener = Listener(path)
         self.addCleanup(listener.close)
-        notifier = SystemdNotifier(environ={"NOTIFY_SOCKET": os.path.abspath(path)})
+        notifier = SystemdNotifier(environ={"NOTIFY_SOCKET": path})
         self.addCleanup(notifier.close)
         return listener, notifier
 
