@@ -73,6 +73,18 @@ class ConnectTests(SynchronousTestCase):
         self.assertEqual(world.connect(client, "wrong").error, "invalid secret")
         self.assertEqual(world.auth.sessions, {client.pubkey: True})
 
+    def test_live_session_reconnects_without_secret(self) -> None:
+        """A connected client re-sending connect with no secret gets "ack"; after logout it
+        needs the secret again, and an unconnected client never gets in without it."""
+        world = World(self)
+        client = world.connected_client()
+        for params in ([world.auth.bunker_pubkey, ""], [world.auth.bunker_pubkey], []):
+            self.assertEqual(world.call(client, "connect", params)[1].result, "ack")
+        self.assertEqual(world.call(client, "logout")[1].result, "ack")
+        self.assertEqual(world.connect(client, "").error, "invalid secret")
+        self.assertEqual(world.auth.sessions, {client.pubkey: False})
+        self.assertEqual(world.connect(world.client(), "").error, "invalid secret")
+
     def test_no_secret_accepts_no_new_clients(self) -> None:
         """An authorization without a connect secret binds no new client."""
         world = World(self, secret=None)

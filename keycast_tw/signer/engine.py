@@ -472,7 +472,8 @@ class Engine:
         params[0] is not checked: clients send the bunker pubkey, the user pubkey or "" there.
         The secret is single-use across clients: the first ``max_uses`` distinct clients that
         present it are bound, and only they may reconnect (with the same secret, also after a
-        logout). An authorization without a secret accepts no new clients at all. The session
+        logout). A client whose session is live may also connect without a secret (clients
+        that restored a session re-send connect with an empty one); a wrong secret is refused. An authorization without a secret accepts no new clients at all. The session
         is recorded before the store is awaited, so two racing connects cannot both take the
         last free use; a failed save is rolled back and refused.
         """
@@ -482,6 +483,8 @@ class Engine:
         if secret_hash is None:
             return _answer("ack") if previous is True else _refusal(NO_NEW_CLIENTS)
         presented = params[1] if len(params) > 1 else ""
+        if not presented and previous is True:
+            return _answer("ack")  # a live session re-announcing itself gains nothing new
         if not presented or not connect_secret_matches(presented, secret_hash):
             return _refusal(INVALID_SECRET)
         if previous is None and auth.max_uses is not None and len(sessions or ()) >= auth.max_uses:
