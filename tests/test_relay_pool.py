@@ -594,6 +594,18 @@ class StatusTests(SynchronousTestCase):
             [("connected", A), ("connected", B), ("disconnected", A), ("reconnect", A)],
         )
 
+    def test_redundancy_logged_again_after_recovery(self) -> None:
+        """A relay that drops and comes back makes the pool say "Connected to 2" again."""
+        h = Harness(self, urls=(A, B))
+        sa = h.connect(A)
+        h.connect(B)
+        with capturedLogs() as logs:
+            h.drop(sa)
+            h.clock.advance(120)
+            h.connect(A)
+        counts = [e["count"] for e in logs if "for redundancy" in e["log_format"]]
+        self.assertEqual(counts, [2])
+
     def test_logs_never_carry_event_contents(self) -> None:
         """Nothing the pool logs contains an event's content or the event itself."""
         h = Harness(self, max_events_per_second=1)

@@ -248,7 +248,7 @@ class RelayPool(MultiService):
             self._finish_publication(event_id)
 
     def relay_notify(self, hook: str, *args: object) -> None:
-        if hook == "relay_connected":
+        if hook in ("relay_connected", "relay_disconnected"):
             self._announce_connected()
         for observer in self._observers:
             method = getattr(observer, hook, None)
@@ -304,6 +304,11 @@ class RelayPool(MultiService):
         self.relay_notify("response_published", event_id, publication.accepted)
 
     def _announce_connected(self) -> None:
+        """Log the connected count whenever it rises, also back to full after a drop.
+
+        The runbook greps recent logs for "Connected to N relays", so a recovery must say it
+        again; a fall only lowers the mark (each lost relay has its own log line).
+        """
         connected = self.connected_count()
         if connected > self._announced_connected:
             self.log.info("Connected to {count} relays for redundancy", count=connected)
