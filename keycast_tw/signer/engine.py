@@ -473,9 +473,10 @@ class Engine:
         The secret is single-use across clients: the first ``max_uses`` distinct clients that
         present it are bound, and only they may reconnect (with the same secret, also after a
         logout). A client whose session is live may also connect without a secret (clients
-        that restored a session re-send connect with an empty one); a wrong secret is refused. An authorization without a secret accepts no new clients at all. The session
-        is recorded before the store is awaited, so two racing connects cannot both take the
-        last free use; a failed save is rolled back and refused.
+        that restored a session re-send connect with an empty one); a wrong secret is refused.
+        An authorization without a secret accepts no new clients at all. The session is
+        recorded before the store is awaited, so two racing connects cannot both take the last
+        free use; a failed save is rolled back and refused.
         """
         sessions = auth.sessions
         previous = sessions.get(client) if sessions is not None else None
