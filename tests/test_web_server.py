@@ -4,6 +4,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from typing import Any
 
 import treq
@@ -13,9 +16,11 @@ from twisted.internet.defer import maybeDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, ServerFactory
 from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import HTTPConnectionPool
 
+from keycast_tw.cli.daemon import fetch, target_from_endpoint
 from keycast_tw.metrics import Metrics
 from keycast_tw.web.server import HealthServer
 
@@ -95,4 +100,18 @@ class RealListenTests(TestCase):
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5)
         with self.assertRaises(net_error.ConnectionRefusedError):
             await endpoint.connect(Factory.forProtocol(Protocol))
+        self.assertEqual(errors, [])
+
+    async def test_unix_socket_reached_by_the_cli(self) -> None:
+        """A ``unix:`` health endpoint serves, and the CLI's client dials it by that string."""
+        directory = tempfile.mkdtemp(prefix="kc-health-")  # sun_path is short: not _trial_temp
+        self.addCleanup(shutil.rmtree, directory, ignore_errors=True)
+        endpoint = f"unix:{os.path.join(directory, 'health.sock')}"
+        errors: list[str] = []
+        server = health_server(endpoint, reactor, errors)
+        server.startService()
+        self.addCleanup(server.stopService)
+        target = target_from_endpoint(endpoint)
+        code, body = await deferToThread(fetch, target, "/health", 5.0)
+        self.assertEqual((code, body), (200, b"OK"))
         self.assertEqual(errors, [])
