@@ -55,6 +55,11 @@ _JOURNAL_PRIORITY = {
     LogLevel.critical: "<2>",
 }
 
+#: Twisted namespaces whose info lines repeat one of ours in a less useful form; below debug
+#: they show only warnings and up. ClientService's "Scheduling retry N to connect
+#: <HostnameEndpoint ...>" duplicates the relay's "Relay URL reconnect in S s (attempt N)".
+_DUPLICATING_NAMESPACES = ("twisted.application._client_service.ClientService",)
+
 #: Cloud Logging's severity names.
 _SEVERITY = {
     LogLevel.debug: "DEBUG",
@@ -284,10 +289,16 @@ def make_observer(
         # JSON lines too: journald strips the prefix, so MESSAGE stays valid JSON while
         # ``journalctl -p err`` still finds the errors.
         formatter = with_journal_priority(formatter)
-    return FilteringLogObserver(
-        FileLogObserver(stream, formatter),
-        [LogLevelFilterPredicate(defaultLogLevel=threshold)],
-    )
+    return FilteringLogObserver(FileLogObserver(stream, formatter), [_level_filter(threshold)])
+
+
+def _level_filter(threshold: LogLevel) -> LogLevelFilterPredicate:
+    """``threshold`` everywhere, raised to warn for the namespaces that duplicate our lines."""
+    predicate = LogLevelFilterPredicate(defaultLogLevel=threshold)
+    if threshold > LogLevel.debug:
+        for namespace in _DUPLICATING_NAMESPACES:
+            predicate.setLogLevelForNamespace(namespace, max(threshold, LogLevel.warn))
+    return predicate
 
 
 class _TwistdSelection:

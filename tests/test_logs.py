@@ -70,6 +70,20 @@ class TextObserverTests(SynchronousTestCase):
         )
         self.assertIn("[keycast_tw.test#debug] d", out.getvalue())
 
+    def test_client_service_retry_lines_quiet_below_debug(self) -> None:
+        """ClientService's retry schedule (our relay logs its own) shows at debug only; its
+        warnings always show, and other namespaces keep the chosen level."""
+        service = "twisted.application._client_service.ClientService"
+        cases = (("info", ["warned", "ours"]), ("debug", ["retry", "warned", "ours"]))
+        for level, expected in cases:
+            out = io.StringIO()
+            observer = make_observer("text", level, out=out, environ={})
+            emit(observer, log_namespace=service, log_format="retry")
+            emit(observer, log_namespace=service, log_format="warned", log_level=LogLevel.warn)
+            emit(observer, log_format="ours")
+            messages = [line.rsplit(" ", 1)[1] for line in out.getvalue().splitlines()]
+            self.assertEqual(messages, expected, level)
+
     def test_unused_kwargs_not_written(self) -> None:
         """Keyword arguments that the format string does not name never appear."""
         out = io.StringIO()

@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from keycast_tw.metrics import Metrics
 from keycast_tw.nostr.event import sign_event, verify_event
 from keycast_tw.nostr.keys import SecretKey
+from keycast_tw.relay.factory import RelayClientFactory
 from keycast_tw.relay.options import RelayOptions
 from keycast_tw.relay.pool import RelayPool
 from tests.relay_fakes import FakeEndpoint, FakeRelayServer, Observer, relay_server_factory
@@ -759,3 +760,17 @@ class MessageMetricsTests(SynchronousTestCase):
             {kind: 1.0 for kind in ("event", "ok", "rejected", "eose", "notice", "closed",
                                     "auth", "malformed", "binary", "oversize")},
         )
+
+
+class FactoryLogTests(SynchronousTestCase):
+    def test_attempts_log_nothing_of_their_own(self) -> None:
+        """ClientService starts and stops the factory on every attempt: that stays silent (the
+        relay logs its own connect and retry lines)."""
+        factory = RelayClientFactory(
+            A, owner=Observer(), clock=MemoryReactorClock(), options=RelayOptions()
+        )
+        with capturedLogs() as logs:
+            for _ in range(3):
+                factory.doStart()
+                factory.doStop()
+        self.assertEqual(list(logs), [])

@@ -17,12 +17,14 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, ServerFactory
 from twisted.internet.testing import MemoryReactorClock
 from twisted.internet.threads import deferToThread
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import HTTPConnectionPool
+from twisted.web.resource import Resource
 
 from keycast_tw.cli.daemon import fetch, target_from_endpoint
 from keycast_tw.metrics import Metrics
-from keycast_tw.web.server import HealthServer
+from keycast_tw.web.server import HealthServer, QuietSite
 
 #: A listener that accepts connections and ignores them (to hold a port).
 NULL_FACTORY: Any = ServerFactory.forProtocol(Protocol)
@@ -67,6 +69,16 @@ class ListenTests(SynchronousTestCase):
         self.assertEqual([(p[0], p[3]) for p in memory.tcpServers], [(8181, "127.0.0.1")])
         self.assertEqual(errors, [])
         self.successResultOf(server.stopService())
+
+
+class SiteLogTests(SynchronousTestCase):
+    def test_site_start_and_stop_are_silent(self) -> None:
+        """The site adds no "Starting factory" lines: HealthServer logs the endpoint once."""
+        site = QuietSite(Resource())
+        with capturedLogs() as logs:
+            site.doStart()
+            site.doStop()
+        self.assertEqual(list(logs), [])
 
 
 class RealListenTests(TestCase):

@@ -31,6 +31,9 @@ class ClockTimer:
 
 class RelayClientFactory(WebSocketClientFactory):
     protocol = RelayClientProtocol
+    # ClientService starts and stops the factory on every attempt; the relay logs its own
+    # connect, drop and retry lines, so Twisted's "Starting factory" pairs are only noise.
+    noisy = False
 
     def __init__(
         self, url: str, *, owner: RelayConnectionOwner, clock: IReactorTime, options: RelayOptions

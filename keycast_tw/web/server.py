@@ -24,6 +24,8 @@ from keycast_tw.web.health import HealthApp
 class QuietSite(Site):
     """A Site without an access log: probes every few seconds would drown the runbook's lines."""
 
+    noisy = False  # "Health endpoint listening on ..." says it once, with the endpoint string
+
     def log(self, request: Any) -> None:
         """Write no access-log line (the health app logs its own failures)."""
 
