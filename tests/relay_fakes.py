@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet import error
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IProtocol,
@@ -85,7 +86,8 @@ class Attempt:
     server: Any = None
 
     def refuse(self) -> None:
-        self.deferred.errback(ConnectionRefusedError())
+        # What the reactor reports for ECONNREFUSED (Twisted's error, not the builtin).
+        self.deferred.errback(error.ConnectionRefusedError(111, "Connection refused"))
 
     def accept(self, server_factory: ServerFactory | WebSocketServerFactory) -> iosim.IOPump:
         """Complete TCP with a server protocol from ``server_factory`` and pump the greeting."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from keycast_tw.relay.options import RelayOptions
@@ -120,3 +121,31 @@ class ScheduleTests(SynchronousTestCase):
         self.assertEqual(self.pool.connected_count(), 0)
         self.clock.advance(1)
         self.assertEqual(self.endpoint.times, [0, 1, 3, 7, 8])
+
+    def test_retry_line_says_why(self) -> None:
+        """Each retry line names why the attempt failed: refused TCP, a refused upgrade."""
+        with capturedLogs() as logs:
+            self._fail_each(lambda a: a.refuse(), 1)
+            self._fail_each(lambda a: a.accept(factory_of(RefuseHandshake)), 1)
+        retries = [e for e in logs if "reconnect in" in e["log_format"]]
+        self.assertEqual(
+            [e["failure"] for e in retries],
+            [
+                "Connection was refused by other side: 111: Connection refused.",
+                'connection was closed uncleanly ("WebSocket connection upgrade failed [503]:'
+                ' Service Unavailable")',
+            ],
+        )
+        self.assertTrue(all("after: {failure}" in e["log_format"] for e in retries))
+
+    def test_retry_after_a_drop_names_no_stale_failure(self) -> None:
+        """A failure is reported once: the retry after a later clean drop carries none."""
+        self._fail_each(lambda a: a.refuse(), 1)
+        attempt = self.endpoint.attempts[-1]
+        pump = attempt.accept(relay_server_factory(self.clock))
+        with capturedLogs() as logs:
+            attempt.server.transport.loseConnection()
+            pump.flush()
+        [retry] = [e for e in logs if "reconnect in" in e["log_format"]]
+        self.assertIsNone(retry["failure"])
+        self.assertNotIn("after:", retry["log_format"])

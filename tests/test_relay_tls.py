@@ -166,12 +166,18 @@ class LiveRelayTests(TestCase):
     async def test_pool_never_opens_untrusted_relay(self) -> None:
         """The pool backs off from a relay whose certificate fails; no WebSocket is opened."""
         factory, port = await self._listen(server_options(issue(make_ca("rogue"), "localhost")))
-        pool, watcher = self._pool(f"wss://localhost:{port}", trust_root(make_ca()))
-        await watcher.until(lambda: watcher.reconnects >= 2)
+        with capturedLogs() as logs:
+            pool, watcher = self._pool(f"wss://localhost:{port}", trust_root(make_ca()))
+            await watcher.until(lambda: watcher.reconnects >= 2)
         self.assertEqual(pool.connected_count(), 0)
         self.assertEqual(factory.servers, [])
         counts = pool.message_counts()[f"wss://localhost:{port}"]
         self.assertGreaterEqual(counts["handshake_failed"], 2)
+        # The operator's log says why: the certificate, not just "closed uncleanly".
+        retries = [e for e in logs if "reconnect in" in e["log_format"]]
+        self.assertTrue(retries)
+        for retry in retries:
+            self.assertIn("certificate verify failed", retry["failure"])
 
     async def test_reconnect_end_to_end(self) -> None:
         """The relay closes the connection; the pool reconnects and subscribes again."""

@@ -7,13 +7,22 @@ injected trust root in tests) and the hostname through service-identity.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from twisted.internet._sslverify import IOpenSSLTrustRoot
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.ssl import optionsForClientTLS
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 #: TCP connect timeout; the WebSocket (and TLS) handshake has its own, see RelayOptions.
 CONNECT_TIMEOUT = 30.0
@@ -59,3 +68,29 @@ def endpoint_for_url(
         return tcp
     tls_options = optionsForClientTLS(address.host, trustRoot=trust_root)
     return wrapClientTLS(tls_options, tcp)
+
+
+@implementer(IStreamClientEndpoint)
+class ReportingEndpoint:
+    """Passes connection attempts through and tells ``on_failure`` why one failed.
+
+    ClientService swallows the failure of an attempt (DNS, refused, timeout) and hands its
+    retry policy only a count, so without this the log would say that a relay is retried but
+    never why.
+    """
+
+    def __init__(
+        self, endpoint: IStreamClientEndpoint, on_failure: Callable[[str], None]
+    ) -> None:
+        self._endpoint = endpoint
+        self._on_failure = on_failure
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        """Connect through the wrapped endpoint, reporting a failure and passing it on."""
+        attempt = self._endpoint.connect(protocolFactory)
+        attempt.addErrback(self._report)
+        return attempt
+
+    def _report(self, failure: Failure) -> Failure:
+        self._on_failure(failure.getErrorMessage())
+        return failure

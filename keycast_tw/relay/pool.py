@@ -21,6 +21,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClien
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from keycast_tw.relay.endpoint import ReportingEndpoint
 from keycast_tw.relay.endpoint import endpoint_for_url as _endpoint_for_url
 from keycast_tw.relay.factory import RelayClientFactory
 from keycast_tw.relay.messages import EVENT_ID
@@ -77,7 +78,7 @@ class RelayPool(MultiService):
             )
             factory = RelayClientFactory(url, owner=relay, clock=reactor, options=self._options)
             client = ClientService(
-                endpoint_for_url(reactor, url),
+                ReportingEndpoint(endpoint_for_url(reactor, url), relay.attempt_failed),
                 factory,
                 retryPolicy=relay.retry_policy,
                 clock=reactor,

@@ -12,7 +12,10 @@ from typing import Any, Protocol
 
 from autobahn.exception import Disconnected
 from autobahn.twisted.websocket import WebSocketClientProtocol
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 
 class RelayConnectionOwner(Protocol):
@@ -39,6 +42,14 @@ log = Logger()
 class RelayClientProtocol(WebSocketClientProtocol):
     owner: RelayConnectionOwner
     opened = False
+    #: Why the transport went away when that says more than Autobahn's onClose (which calls
+    #: a failed TLS verification just an unclean close); a plain close or loss is left out.
+    lost_reason: str | None = None
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not reason.check(ConnectionDone, ConnectionLost):  # type: ignore[no-untyped-call]
+            self.lost_reason = reason.getErrorMessage()
+        super().connectionLost(reason)
 
     def onOpen(self) -> None:
         self.opened = True

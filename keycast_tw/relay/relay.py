@@ -82,6 +82,7 @@ class Relay:
         self._flood = TokenBucket(clock, options.max_events_per_second)
         self.counters: Counter[str] = Counter()
         self.reconnects = 0
+        self._last_failure: str | None = None
         self.last_event_at: float | None = None
         self.last_connected_at: float | None = None
         self._wanted: dict[str, Filter] = {}
@@ -225,11 +226,13 @@ class Relay:
         if connection is not self._connection:
             if not opened:
                 self.counters["handshake_failed"] += 1
+                self._last_failure = _short(connection.lost_reason or reason)
                 self._warn_limited(
                     "handshake_failed",
                     "Relay {relay_url} closed before the WebSocket handshake completed"
-                    " (code {code})",
+                    " (code {code}): {reason}",
                     code=code,
+                    reason=self._last_failure,
                 )
             return
         self._resume_at = self._last_heard_at
@@ -496,15 +499,22 @@ class Relay:
                 count=len(missing),
             )
 
+    def attempt_failed(self, reason: str) -> None:
+        """A connection attempt failed before TCP (and TLS) was up: DNS, refused, timeout."""
+        self._last_failure = _short(reason)
+
     def _retry_scheduled(self, failures: int, delay: float) -> None:
         if self._stopping:
             return  # the pool stops the ClientService on the next tick, cancelling this retry
         self.reconnects += 1
+        failure, self._last_failure = self._last_failure, None
         self.log.info(
-            "Relay {relay_url} reconnect in {delay:.1f} s (attempt {attempt})",
+            "Relay {relay_url} reconnect in {delay:.1f} s (attempt {attempt})"
+            + (" after: {failure}" if failure else ""),
             relay_url=self.url,
             delay=delay,
             attempt=failures,
+            failure=failure,
         )
         self._hub.relay_notify("relay_reconnect", self.url)
 
