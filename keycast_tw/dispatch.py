@@ -64,10 +64,14 @@ class Dispatcher:
     def inflight(self) -> int:
         return self._inflight
 
-    def on_event(self, relay_url: str, event: Mapping[str, Any]) -> None:
-        """Relay pool callback for each distinct kind-24133 event; never raises."""
+    def on_event(self, relay_url: str, event: Mapping[str, Any]) -> bool:
+        """Relay pool callback for each distinct kind-24133 event; never raises.
+
+        False when the event is refused (draining, or too many in flight): the pool then
+        forgets it, so the same request arriving from another relay later is taken.
+        """
         if not self._accepting:
-            return
+            return False
         if self._inflight >= self._max_inflight:
             self.log.warn(
                 "Refusing NIP-46 event from {relay_url}: {inflight} requests in flight",
@@ -75,13 +79,14 @@ class Dispatcher:
                 inflight=self._inflight,
             )
             self._observer.request_handled(None, "overloaded", 0.0)
-            return
+            return False
         self._inflight += 1
         started = self._clock.seconds()
         d = self._engine.handle_event(event)
         d.addCallback(self._handled, started)
         d.addErrback(self._failed, started)
         d.addBoth(self._done)
+        return True
 
     def _handled(self, outcome: Outcome, started: float) -> None:
         response = outcome.response

@@ -70,8 +70,8 @@ class DispatcherTests(SynchronousTestCase):
 
     def test_overload_is_refused_not_queued(self) -> None:
         """Beyond max_inflight an event is refused and counted instead of piling up."""
-        for _ in range(3):
-            self.dispatcher.on_event("ws://r", {})
+        taken = [self.dispatcher.on_event("ws://r", {}) for _ in range(3)]
+        self.assertEqual(taken, [True, True, False])
         self.assertEqual(len(self.engine.pending), 2)
         self.assertEqual(self.observer.calls, [(None, "overloaded", 0.0)])
 
@@ -95,7 +95,7 @@ class DispatcherTests(SynchronousTestCase):
         self.dispatcher.on_event("ws://r", {})
         drained = self.dispatcher.drain(5.0)
         self.assertNoResult(drained)
-        self.dispatcher.on_event("ws://r", {})
+        self.assertFalse(self.dispatcher.on_event("ws://r", {}))
         self.assertEqual(len(self.engine.pending), 1)
         self.engine.pending[0].callback(FakeOutcome({"id": "r"}, "sign_event", "ok"))
         self.assertIs(self.successResultOf(drained), True)

@@ -51,13 +51,14 @@ class Harness:
         self.clock.advance(START)
         self.endpoints = {url: FakeEndpoint(self.clock) for url in urls}
         self.events: list[tuple[str, dict[str, Any]]] = []
+        self.refusing = False
         self.auth_templates: list[dict[str, Any]] = []
         defaults: dict[str, Any] = {"auto_ping_interval": 0, "auto_ping_timeout": 0}
         defaults.update(opts)
         self.pool = RelayPool(
             urls,
             reactor=self.clock,
-            on_event=lambda url, event: self.events.append((url, event)),
+            on_event=self.take_event,
             auth_signer=self.sign_auth,
             endpoint_for_url=lambda reactor, url: self.endpoints[url],
             random=lambda: 0.0,
@@ -67,6 +68,13 @@ class Harness:
         self.pool.add_observer(self.observer)
         self.pool.startService()
         test.addCleanup(self.stop)
+
+    def take_event(self, url: str, event: dict[str, Any]) -> bool:
+        """The pool's on_event: record the event; refuse it while ``refusing`` is set."""
+        if self.refusing:
+            return False
+        self.events.append((url, event))
+        return True
 
     def sign_auth(self, template: dict[str, Any]) -> dict[str, Any]:
         self.auth_templates.append(template)
@@ -260,6 +268,35 @@ class InboundTests(SynchronousTestCase):
         self.assertEqual(h.events, [(A, event)])
         self.assertEqual(h.counters(B)["duplicate"], 1)
         self.assertEqual(h.status(A)["last_event_at"], START)
+
+    def test_tampered_copy_cannot_shadow_the_real_one(self) -> None:
+        """A hostile relay's copy with the real id but other content, arriving first, does not
+        make the genuine copy from another relay a "duplicate": both reach the engine, which
+        verifies them."""
+        h = Harness(self, urls=(A, B))
+        h.pool.set_bunker_pubkeys(keys(1))
+        sa, sb = h.connect(A), h.connect(B)
+        real = request("real")
+        forged = dict(real, content="tampered")
+        h.send(sb, "EVENT", "keycast-p0", forged)
+        h.send(sa, "EVENT", "keycast-p0", real)
+        self.assertEqual(h.events, [(B, forged), (A, real)])
+        self.assertNotIn("duplicate", h.counters(A))
+
+    def test_refused_event_is_taken_from_another_relay(self) -> None:
+        """An event the handler refuses (overloaded, draining) is forgotten, so the same
+        request from a second relay is offered again; once taken, copies are duplicates."""
+        h = Harness(self, urls=(A, B))
+        h.pool.set_bunker_pubkeys(keys(1))
+        sa, sb = h.connect(A), h.connect(B)
+        event = request()
+        h.refusing = True
+        h.send(sa, "EVENT", "keycast-p0", event)
+        h.refusing = False
+        h.send(sb, "EVENT", "keycast-p0", event)
+        h.send(sa, "EVENT", "keycast-p0", event)
+        self.assertEqual(h.events, [(B, event)])
+        self.assertEqual(h.counters(A)["duplicate"], 1)
 
     def test_dedup_is_bounded(self) -> None:
         """The dedup memory forgets the oldest ids beyond dedup_size."""

@@ -62,7 +62,7 @@ class ScheduleTests(SynchronousTestCase):
         self.pool = RelayPool(
             [URL],
             reactor=self.clock,
-            on_event=lambda url, event: None,
+            on_event=lambda url, event: True,
             auth_signer=lambda template: template,
             endpoint_for_url=self._endpoint_for,
             random=lambda: 0.0,

@@ -105,7 +105,7 @@ class LiveRelayTests(TestCase):
         pool = RelayPool(
             [url],
             reactor=reactor,
-            on_event=lambda url, event: None,
+            on_event=lambda url, event: True,
             auth_signer=lambda template: template,
             endpoint_for_url=lambda r, u: endpoint_for_url(r, u, trust_root=trust, timeout=5),
             options=RelayOptions(initial_delay=0.05, max_delay=0.2, handshake_timeout=5),

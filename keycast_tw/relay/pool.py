@@ -8,12 +8,14 @@ de-duplication of events that arrive on several relays, publication tracking and
 
 from __future__ import annotations
 
+import hashlib
 import random as _random
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from twisted.application.internet import ClientService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults
@@ -30,7 +32,9 @@ from keycast_tw.relay.relay import AuthSigner, Relay
 from keycast_tw.relay.subscription import FIREHOSE_ID, plan_filters
 
 EndpointForURL = Callable[[Any, str], IStreamClientEndpoint]
-OnEvent = Callable[[str, dict[str, Any]], None]
+#: Takes one distinct event from a relay; False means "refused for now" (overloaded, draining),
+#: so that a copy arriving later from another relay is offered again instead of dropped.
+OnEvent = Callable[[str, dict[str, Any]], bool]
 
 
 def _no_value(result: object, timeout: float) -> None:
@@ -87,7 +91,7 @@ class RelayPool(MultiService):
             client.setServiceParent(self)  # type: ignore[no-untyped-call]
             self._relays[url] = relay
             self._clients[url] = client
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
         self._observers: list[object] = []
         self._pubkeys: frozenset[str] | None = None
         self._pending_pubkeys: frozenset[str] | None = None
@@ -226,17 +230,18 @@ class RelayPool(MultiService):
     # -- RelayHub ---------------------------------------------------------------------------
 
     def relay_event(self, relay: Relay, event: dict[str, Any]) -> None:
-        event_id = event["id"]
-        if event_id in self._seen:
+        seen_key = _copy_key(event)
+        if seen_key in self._seen:
             relay.counters["duplicate"] += 1
             return
-        self._seen[event_id] = None
+        self._seen[seen_key] = None
         if len(self._seen) > self._options.dedup_size:
             self._seen.popitem(last=False)
         with self.log.failuresHandled(
             "Event handler failed for an event from {relay_url}", relay_url=relay.url
         ):
-            self._on_event(relay.url, event)
+            if not self._on_event(relay.url, event):
+                self._seen.pop(seen_key, None)
 
     def relay_publish_result(self, url: str, event_id: str, accepted: bool | None) -> None:
         publication = self._publications.get(event_id)
@@ -314,3 +319,13 @@ class RelayPool(MultiService):
         if connected > self._announced_connected:
             self.log.info("Connected to {count} relays for redundancy", count=connected)
         self._announced_connected = connected
+
+
+def _copy_key(event: dict[str, Any]) -> bytes:
+    """What makes two relays' copies of an event the same copy: all of it, not just the id.
+
+    Nothing is verified here (the engine does that), so keying on the id alone would let a
+    hostile relay's tampered copy, arriving first, shadow the genuine one from another relay.
+    """
+    canonical = orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(canonical, digest_size=16).digest()
