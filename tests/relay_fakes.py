@@ -46,6 +46,13 @@ class FakeRelayServer(WebSocketServerProtocol):
         return [m for m in self.received if m and m[0] == kind]
 
 
+class LingeringRelayServer(FakeRelayServer):
+    """A relay that sends a close frame but never drops TCP afterwards."""
+
+    def dropConnection(self, abort: bool = False) -> None:
+        """Keep the TCP connection whatever the closing handshake says."""
+
+
 def relay_server_factory(clock: IReactorTime) -> WebSocketServerFactory:
     factory = WebSocketServerFactory()
     factory.protocol = FakeRelayServer

@@ -16,7 +16,13 @@ from keycast_tw.nostr.keys import SecretKey
 from keycast_tw.relay.factory import RelayClientFactory
 from keycast_tw.relay.options import RelayOptions
 from keycast_tw.relay.pool import RelayPool
-from tests.relay_fakes import FakeEndpoint, FakeRelayServer, Observer, relay_server_factory
+from tests.relay_fakes import (
+    FakeEndpoint,
+    FakeRelayServer,
+    LingeringRelayServer,
+    Observer,
+    relay_server_factory,
+)
 
 A = "ws://a.test"
 B = "ws://b.test"
@@ -797,6 +803,28 @@ class MessageMetricsTests(SynchronousTestCase):
             {kind: 1.0 for kind in ("event", "ok", "rejected", "eose", "notice", "closed",
                                     "auth", "malformed", "binary", "oversize")},
         )
+
+
+class RelayClosesTests(SynchronousTestCase):
+    def test_relay_that_closes_but_keeps_tcp_is_dropped(self) -> None:
+        """After the relay's close frame is answered, TCP is dropped by us within
+        close_timeout if the relay does not, even with keep-alive pings off; then the relay is
+        retried like any lost connection."""
+        h = Harness(self, close_timeout=2)
+        factory = relay_server_factory(h.clock)
+        factory.protocol = LingeringRelayServer
+        attempt = h.endpoints[A].attempts[-1]
+        attempt.accept(factory)
+        attempt.server.sendClose(code=1000, reason="going away")
+        h.flush()
+        h.clock.advance(1.9)
+        h.flush()
+        self.assertEqual(len(h.observer.of("disconnected")), 0)
+        h.clock.advance(0.1)
+        h.flush()
+        self.assertEqual(h.pool.connected_count(), 0)
+        self.assertEqual(h.observer.of("disconnected"), [("disconnected", A)])
+        self.assertEqual(h.observer.of("reconnect"), [("reconnect", A)])
 
 
 class FactoryLogTests(SynchronousTestCase):

@@ -10,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from keycast_tw.relay.options import RelayOptions
 from keycast_tw.relay.pool import RelayPool
+from keycast_tw.relay.protocol import MAX_HANDSHAKE_BYTES
 from keycast_tw.relay.retry import WebSocketRetryPolicy
 from tests.relay_fakes import (
     DropBeforeHandshake,
@@ -149,3 +150,19 @@ class ScheduleTests(SynchronousTestCase):
         [retry] = [e for e in logs if "reconnect in" in e["log_format"]]
         self.assertIsNone(retry["failure"])
         self.assertNotIn("after:", retry["log_format"])
+
+    def test_endless_handshake_header_is_cut_off(self) -> None:
+        """A relay streaming an unbounded upgrade response is dropped once it passes the
+        handshake bound, and the retry says why (instead of buffering and rescanning it)."""
+        attempt = self.endpoint.attempts[0]
+        pump = attempt.accept(factory_of(Silent))
+        client = attempt.client
+        with capturedLogs() as logs:
+            client.dataReceived(b"HTTP/1.1 101 Switching Protocols\r\nX-Filler: ")
+            for _ in range(4):
+                client.dataReceived(b"a" * (MAX_HANDSHAKE_BYTES // 3))
+            pump.flush()
+        self.assertLessEqual(len(client.data), MAX_HANDSHAKE_BYTES)
+        self.assertEqual(self.pool.message_counts()[URL]["handshake_failed"], 1)
+        [retry] = [e for e in logs if "reconnect in" in e["log_format"]]
+        self.assertEqual(retry["failure"], f"handshake response over {MAX_HANDSHAKE_BYTES} bytes")

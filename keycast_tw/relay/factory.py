@@ -43,19 +43,23 @@ class RelayClientFactory(WebSocketClientFactory):
         )
         self._batched_timer = ClockTimer(clock)
         self.owner = owner
+        self._clock = clock
+        self._close_timeout = options.close_timeout
         self.setProtocolOptions(  # type: ignore[no-untyped-call]
             openHandshakeTimeout=options.handshake_timeout,
             autoPingInterval=options.auto_ping_interval,
             autoPingTimeout=options.auto_ping_timeout,
             maxMessagePayloadSize=options.max_message_size,
             maxFramePayloadSize=options.max_message_size,
-            # After our close frame is answered, Autobahn would wait for the relay to drop TCP
-            # on a timer of txaio's global reactor; the pool's close_timeout, on the injected
-            # clock, bounds that wait instead.
+            # After a closing handshake, Autobahn would wait for the relay to drop TCP on a
+            # timer of txaio's global reactor; close_timeout on the injected clock bounds that
+            # wait instead (the pool's stop, RelayClientProtocol.onCloseFrame).
             serverConnectionDropTimeout=0,
         )
 
     def buildProtocol(self, addr: IAddress | None) -> RelayClientProtocol:
         connection = cast(RelayClientProtocol, super().buildProtocol(addr))
         connection.owner = self.owner
+        connection.clock = self._clock
+        connection.close_timeout = self._close_timeout
         return connection

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from autobahn.exception import Disconnected
 from autobahn.twisted.websocket import WebSocketClientProtocol
 from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -38,18 +39,61 @@ class RelayConnectionOwner(Protocol):
 #: and a class attribute here would shadow it.
 log = Logger()
 
+#: A relay's answer to the HTTP upgrade is a few hundred bytes. Autobahn buffers it without a
+#: bound and rescans the whole buffer on every read, so a relay streaming an endless header
+#: could hold the reactor for seconds (its handshake timer cannot fire meanwhile).
+MAX_HANDSHAKE_BYTES = 16 * 1024
+
 
 class RelayClientProtocol(WebSocketClientProtocol):
     owner: RelayConnectionOwner
+    #: Set by the factory: the injected clock, and how long a relay that sent us a close frame
+    #: gets to drop TCP before we do.
+    clock: IReactorTime
+    close_timeout: float
     opened = False
     #: Why the transport went away when that says more than Autobahn's onClose (which calls
     #: a failed TLS verification just an unclean close); a plain close or loss is left out.
     lost_reason: str | None = None
+    _unclosed_drop: IDelayedCall | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state == self.STATE_CLOSED:
+            return  # dropped by us: Autobahn would only buffer what is still in flight
+        if self.state == self.STATE_CONNECTING and len(self.data) + len(data) > MAX_HANDSHAKE_BYTES:
+            self.lost_reason = f"handshake response over {MAX_HANDSHAKE_BYTES} bytes"
+            self.dropConnection(abort=True)
+            return
+        super().dataReceived(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if not reason.check(ConnectionDone, ConnectionLost):  # type: ignore[no-untyped-call]
+        if self._unclosed_drop is not None and self._unclosed_drop.active():
+            self._unclosed_drop.cancel()
+        self._unclosed_drop = None
+        if self.lost_reason is None and not reason.check(  # type: ignore[no-untyped-call]
+            ConnectionDone, ConnectionLost
+        ):
             self.lost_reason = reason.getErrorMessage()
         super().connectionLost(reason)
+
+    def onCloseFrame(self, code: int, reasonRaw: bytes) -> bool | None:
+        """Answer the relay's close frame (Autobahn does), then bound the wait for its TCP drop.
+
+        As a client, Autobahn leaves dropping TCP to the server after the closing handshake;
+        its own timer for that runs on txaio's global reactor and is disabled (see the
+        factory). A relay that never drops would leave the connection CLOSING, still counted
+        as connected and swallowing sends, until a keep-alive ping noticed, or for ever with
+        pings off.
+        """
+        handled = super().onCloseFrame(code, reasonRaw)
+        if self.state != self.STATE_CLOSED and self._unclosed_drop is None:
+            self._unclosed_drop = self.clock.callLater(self.close_timeout, self._drop_unclosed)
+        return handled
+
+    def _drop_unclosed(self) -> None:
+        self._unclosed_drop = None
+        if self.state != self.STATE_CLOSED:
+            self.dropConnection(abort=True)
 
     def onOpen(self) -> None:
         self.opened = True
