@@ -156,13 +156,14 @@ class World:
         *,
         config: EngineConfig | None = None,
         run_crypto: CryptoRunner | None = None,
+        accept: Callable[[Authorization], bool] | None = None,
         **auth_options: Any,
     ) -> None:
         self.test = test
         self.clock = Clock()
         self.clock.advance(START)
         self.events: list[dict[str, Any]] = []
-        self.registry = Registry()
+        self.registry = Registry(accept)
         self.store = MemoryStore(now=self.clock.seconds)
         self.auth, self.bunker_key, self.user_key = make_authorization(**auth_options)
         self.registry.put(self.auth)

@@ -10,8 +10,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from keycast_tw.nostr import nip04, nip44, nip46
 from keycast_tw.nostr.event import event_id, verify_event
 from keycast_tw.nostr.keys import SecretKey
+from keycast_tw.signer.model import Authorization, Permission, PlainKey, Policy
+from keycast_tw.signer.secrets import hash_connect_secret
 
-from .signer_helpers import World
+from .signer_helpers import FakeClient, World
+
+TRANSPORT_KEY_DECRYPT = "decrypt refused: this key also serves as a bunker transport key"
+SAME_KEY_SECRET = "same-key-bunker-connect-secret"
 
 
 def template(**fields: Any) -> dict[str, Any]:
@@ -266,3 +271,115 @@ class SameKeyTests(SynchronousTestCase):
         assert response.result is not None
         key = nip44.conversation_key(client.key, world.user_key.pubkey)
         self.assertEqual(nip44.decrypt(response.result, key), "to the client")
+
+
+class TransportKeyDecryptTests(SynchronousTestCase):
+    """A user key that is also a bunker transport key must not decrypt for other bunkers.
+
+    Authorization 1 (the World's, kind 1 only) serves user U under its own bunker key; a second,
+    same-key authorization serves U under U itself. U's key with any client Y is then also that
+    bunker's transport key with Y, so a third-party decrypt on authorization 1 would read Y's
+    requests to it, connect secret included.
+    """
+
+    def setUp(self) -> None:
+        kind_1_only = Policy("kind 1", (Permission("allowed_kinds", {"allowed_kinds": [1]}),))
+        self.world = World(self, policy=kind_1_only, accept=lambda auth: auth.id != 3)
+        self.attacker = self.world.connected_client()
+        self.user = self.world.user_key
+
+    def same_key_authorization(self, authorization_id: int = 2) -> Authorization:
+        auth = Authorization(
+            id=authorization_id,
+            bunker_key=PlainKey(self.user),
+            user_key=PlainKey(self.user),
+            secret_hash=hash_connect_secret(SAME_KEY_SECRET),
+            max_uses=None,
+        )
+        self.world.registry.put(auth)
+        return auth
+
+    def victim_connect(self, scheme: str = "nip44") -> tuple[FakeClient, dict[str, Any]]:
+        """A client of the same-key bunker connects; its request is public on the relays."""
+        world = self.world
+        victim = FakeClient(self.user.pubkey_hex)
+        request = victim.request(
+            "connect",
+            [self.user.pubkey_hex, SAME_KEY_SECRET],
+            created_at=world.clock.seconds(),
+            scheme=scheme,
+        )
+        self.assertEqual(victim.read(world.handle(request).response, request).result, "ack")
+        return victim, request
+
+    def decrypt(self, method: str, peer: str, payload: str) -> nip46.Response:
+        return self.world.call(self.attacker, method, [peer, payload])[1]
+
+    def test_cannot_read_the_same_key_bunkers_traffic(self) -> None:
+        """The reviewer's oracle: decrypting a victim's connect request to the same-key bunker
+        is refused, in both schemes, and the reply does not carry the secret."""
+        self.same_key_authorization()
+        for method, scheme in (("nip44_decrypt", "nip44"), ("nip04_decrypt", "nip04")):
+            victim, request = self.victim_connect(scheme)
+            response = self.decrypt(method, victim.pubkey, request["content"])
+            self.assertEqual((response.result, response.error), ("error", TRANSPORT_KEY_DECRYPT))
+            self.assertNotIn(SAME_KEY_SECRET, repr(response) + str(response.error))
+
+    def test_same_key_bunker_on_another_shard(self) -> None:
+        """The refusal holds when another shard serves the same-key bunker (not routed here),
+        and ends once that authorization is gone."""
+        self.same_key_authorization(authorization_id=3)
+        self.assertIsNone(self.world.registry.get(self.user.pubkey_hex))
+        peer = SecretKey.generate()
+        payload = nip44.encrypt("hi", nip44.conversation_key(peer, self.user.pubkey))
+        self.assertEqual(
+            self.decrypt("nip44_decrypt", peer.pubkey_hex, payload).error, TRANSPORT_KEY_DECRYPT
+        )
+        self.world.registry.remove(3)
+        self.assertEqual(self.decrypt("nip44_decrypt", peer.pubkey_hex, payload).result, "hi")
+
+    def test_full_reload_keeps_the_refusal(self) -> None:
+        """replace_all (start-up, full reconcile) rebuilds what the refusal depends on."""
+        world = self.world
+        same_key = self.same_key_authorization(authorization_id=3)
+        peer = SecretKey.generate()
+        payload = nip44.encrypt("hi", nip44.conversation_key(peer, self.user.pubkey))
+        world.registry.replace_all([world.auth])
+        self.assertEqual(self.decrypt("nip44_decrypt", peer.pubkey_hex, payload).result, "hi")
+        world.registry.replace_all([world.auth, same_key])
+        self.assertEqual(
+            self.decrypt("nip44_decrypt", peer.pubkey_hex, payload).error, TRANSPORT_KEY_DECRYPT
+        )
+
+    def test_decrypt_works_without_a_same_key_authorization(self) -> None:
+        """Another authorization of the same user under its own bunker key changes nothing."""
+        world = self.world
+        world.registry.put(
+            Authorization(
+                id=2,
+                bunker_key=PlainKey(SecretKey.generate()),
+                user_key=PlainKey(self.user),
+                secret_hash=None,
+            )
+        )
+        peer = SecretKey.generate()
+        payload = nip44.encrypt("hi", nip44.conversation_key(peer, self.user.pubkey))
+        self.assertEqual(self.decrypt("nip44_decrypt", peer.pubkey_hex, payload).result, "hi")
+
+    def test_encrypt_stays_allowed(self) -> None:
+        """Encrypting to a client of the same-key bunker reveals nothing and is still served."""
+        self.same_key_authorization()
+        victim, _ = self.victim_connect()
+        response = self.world.call(self.attacker, "nip44_encrypt", [victim.pubkey, "hello"])[1]
+        assert response.result is not None
+        key = nip44.conversation_key(victim.key, self.user.pubkey)
+        self.assertEqual(nip44.decrypt(response.result, key), "hello")
+
+    def test_decrypt_inside_the_same_key_bunker(self) -> None:
+        """The same-key bunker's own clients may still decrypt: they share its one policy."""
+        world = World(self, same_key=True)
+        client = world.connected_client()
+        peer = SecretKey.generate()
+        payload = nip44.encrypt("hi", nip44.conversation_key(peer, world.user_key.pubkey))
+        response = world.call(client, "nip44_decrypt", [peer.pubkey_hex, payload])[1]
+        self.assertEqual(response.result, "hi")

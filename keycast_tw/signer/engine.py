@@ -69,6 +69,7 @@ EXPIRED: Final = "authorization expired"
 USER_KEY_UNAVAILABLE: Final = "signing key unavailable"
 INTERNAL_ERROR: Final = "internal error"
 RESPONSE_TOO_LARGE: Final = "response too large for the transport encryption"
+TRANSPORT_KEY_DECRYPT: Final = "decrypt refused: this key also serves as a bunker transport key"
 
 KNOWN_METHODS: Final = frozenset(
     {"connect", "ping", "get_public_key", "sign_event", "switch_relays", "logout", "get_relays"}
@@ -446,6 +447,8 @@ class Engine:
                 )
             )
         if method in methods.THIRD_PARTY_METHODS:
+            if method.endswith("_decrypt") and self._opens_other_transport(auth):
+                return _refusal(TRANSPORT_KEY_DECRYPT)
             cache = self._nip04_keys if method.startswith("nip04") else self._nip44_keys
             cache_key = (auth.user_pubkey, params[0].lower()) if params else None
             cached = cache.get(cache_key) if cache_key is not None else None
@@ -463,6 +466,18 @@ class Engine:
         if method == "logout":
             return await self._logout(auth, client, int(now))
         return _refusal(f"unsupported method: {method[:64]}")
+
+    def _opens_other_transport(self, auth: Authorization) -> bool:
+        """Whether ``auth``'s user key is the transport key of another authorization.
+
+        With a same-key authorization B (bunker key == user key U), the key U shares with any
+        client Y is also B's transport key with Y. A client of another authorization of U could
+        then decrypt, with third party Y, Y's requests to B and B's replies (connect secret
+        included) and escape its own policy. Inside B itself this is allowed: its clients share
+        one bunker and one policy. Encrypting is harmless: a request also needs Y's signature.
+        """
+        owner = self._registry.bunker_key_owner(auth.user_pubkey)
+        return owner is not None and owner != auth.id
 
     async def _connect(
         self, auth: Authorization, client: str, params: tuple[str, ...], now: int

@@ -26,6 +26,10 @@ class Registry:
     error reply instead of silence; ``counts`` leaves them out (they are ``refusing_count``).
     Whether one is live is decided when it is added, with ``now``; the store re-adds an
     authorization when it expires.
+
+    Same-key authorizations (bunker key == user key) are also remembered by pubkey when another
+    shard serves them: their user key is a transport key, which the engine must know on every
+    shard (see ``bunker_key_owner``). There are few of them, so this costs little memory.
     """
 
     def __init__(
@@ -38,6 +42,9 @@ class Registry:
         self._by_id: dict[int, Authorization] = {}
         self._kinds: Counter[str] = Counter()
         self._refusing: set[int] = set()
+        # Same-key authorizations handed over, served here or not: pubkey -> id, id -> pubkey.
+        self._same_key: dict[str, int] = {}
+        self._same_key_ids: dict[int, str] = {}
         self._now = now
         self._accept = accept
         self._listeners: list[PubkeySetListener] = []
@@ -45,6 +52,18 @@ class Registry:
     def get(self, bunker_pubkey: str) -> Authorization | None:
         """The authorization served under ``bunker_pubkey``, if we manage it."""
         return self._by_pubkey.get(bunker_pubkey)
+
+    def bunker_key_owner(self, pubkey: str) -> int | None:
+        """The id of an authorization whose bunker (transport) key is ``pubkey``, if any.
+
+        Looks at the authorizations served here and at same-key ones served by any shard. When
+        a user key is also a transport key, a third-party decrypt with that user key opens the
+        transport traffic of that bunker, so the engine asks this before decrypting.
+        """
+        auth = self._by_pubkey.get(pubkey)
+        if auth is not None:
+            return auth.id
+        return self._same_key.get(pubkey)
 
     def by_id(self, authorization_id: int) -> Authorization | None:
         return self._by_id.get(authorization_id)
@@ -91,6 +110,7 @@ class Registry:
         added: set[str] = set()
         for auth in upserts:
             dropped.update(self._drop(auth.id))
+            self._remember_same_key(auth)
             if self._accept is None or self._accept(auth):
                 self._add(auth)
                 added.add(auth.bunker_pubkey)
@@ -100,7 +120,13 @@ class Registry:
         """Swap the whole content (start-up load, periodic full reconcile)."""
         before = self._by_pubkey.keys()
         accept = self._accept
-        by_id = {auth.id: auth for auth in auths if accept is None or accept(auth)}
+        self._same_key.clear()
+        self._same_key_ids.clear()
+        by_id: dict[int, Authorization] = {}
+        for auth in auths:
+            self._remember_same_key(auth)
+            if accept is None or accept(auth):
+                by_id[auth.id] = auth
         by_pubkey = {auth.bunker_pubkey: auth for auth in by_id.values()}
         added = frozenset(by_pubkey.keys() - before) if self._listeners else frozenset()
         removed = frozenset(before - by_pubkey.keys()) if self._listeners else frozenset()
@@ -119,7 +145,16 @@ class Registry:
         else:
             self._refusing.add(auth.id)
 
+    def _remember_same_key(self, auth: Authorization) -> None:
+        pubkey = auth.bunker_pubkey
+        if pubkey == auth.user_pubkey:
+            self._same_key[pubkey] = auth.id
+            self._same_key_ids[auth.id] = pubkey
+
     def _drop(self, authorization_id: int) -> tuple[str, ...]:
+        same_key = self._same_key_ids.pop(authorization_id, None)
+        if same_key is not None and self._same_key.get(same_key) == authorization_id:
+            del self._same_key[same_key]
         old = self._by_id.pop(authorization_id, None)
         if old is not None:
             if authorization_id in self._refusing:
