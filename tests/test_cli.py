@@ -276,17 +276,32 @@ class MaintenanceTests(CliTestCase):
         self.ok("backup", dest, "--force")
 
     def test_rotate_master_key(self) -> None:
-        """rotate-master-key replaces the key file (0600), keeps .old, and keys still work."""
+        """rotate-master-key replaces the key file (0600), keeps the old key under a name of its
+        own that it prints, and keys still work; a second rotation keeps both old keys."""
         with open(self.master_key, "rb") as handle:
             old = handle.read()
         output = self.ok("rotate-master-key")
         self.assertIn("Re-encrypted 1 user keys", output)
         with open(self.master_key, "rb") as handle:
             self.assertNotEqual(handle.read(), old)
-        with open(self.master_key + ".old", "rb") as handle:
+        (kept,) = self.old_keys()
+        self.assertIn(f"The previous key is in {kept}:", output)
+        with open(kept, "rb") as handle:
             self.assertEqual(handle.read(), old)
         self.assertEqual(stat.S_IMODE(os.stat(self.master_key).st_mode), 0o600)
         self.bunker_uri(self.ok("authorize", "alice"))
+        self.ok("rotate-master-key")
+        self.assertEqual(len(self.old_keys()), 2)
+        self.assertIn(kept, self.old_keys())
+
+    def old_keys(self) -> list[str]:
+        """The kept old keys, <master key>.old-<UTC time>[-N]."""
+        prefix = os.path.basename(self.master_key) + ".old-"
+        return sorted(
+            os.path.join(self.home, name)
+            for name in os.listdir(self.home)
+            if name.startswith(prefix)
+        )
 
     def test_master_key_problems_are_operational_errors(self) -> None:
         """A readable-by-others or missing master key fails with exit 1 and the remedy."""

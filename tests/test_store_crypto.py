@@ -12,9 +12,11 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from keycast_tw.nostr.keys import SecretKey
+from keycast_tw.store import rotation as rotation_module
 from keycast_tw.store.backup import backup
 from keycast_tw.store.crypto import (
     KIND_FILE,
+    MasterKeyFileExists,
     SecretCipher,
     bunker_key_aad,
     create_master_key_file,
@@ -31,6 +33,8 @@ from keycast_tw.store.identity import load_or_create_relay_identity
 from keycast_tw.store.rotation import rotate_master_key, rotate_master_key_file
 from keycast_tw.store.runner import ConnectionRunner
 from tests.test_store_fixtures import add_authorization, add_user_key, new_cipher, new_database
+
+ROTATED_AT = 1_704_164_645.0  # 2024-01-02T03:04:05Z
 
 
 class MasterKeyFileTests(SynchronousTestCase):
@@ -93,6 +97,23 @@ class MasterKeyFileTests(SynchronousTestCase):
         write_master_key_file(self.path, key)
         self.assertEqual(read_master_key_file(self.path), key)
         self.assertEqual(os.listdir(os.path.dirname(self.path)), ["master.key"])
+
+
+    def test_write_without_replace_keeps_the_existing_file(self) -> None:
+        """replace=False refuses an existing file, leaves it intact and no temp file behind;
+        the new file is exactly 0600 even under a permissive umask."""
+        create_master_key_file(self.path)
+        before = read_master_key_file(self.path)
+        with self.assertRaises(MasterKeyFileExists):
+            write_master_key_file(self.path, os.urandom(32), replace=False)
+        self.assertEqual(read_master_key_file(self.path), before)
+        previous = os.umask(0o000)
+        self.addCleanup(os.umask, previous)
+        write_master_key_file(self.path + ".old", before, replace=False)
+        self.assertEqual(stat.S_IMODE(os.stat(self.path + ".old").st_mode), 0o600)
+        self.assertEqual(
+            sorted(os.listdir(os.path.dirname(self.path))), ["master.key", "master.key.old"]
+        )
 
 
 class CipherTests(SynchronousTestCase):
@@ -229,13 +250,104 @@ class RotationTests(SynchronousTestCase):
         self.assertEqual(self.blobs(), before)
 
     def test_rotate_file(self) -> None:
-        """The file rotation keeps the old key as .old and the new key opens the database."""
+        """The file rotation keeps the old key as .old-<UTC time> and the new key opens the
+        database; no staged or temp file is left."""
         old_key = read_master_key_file(self.key_path)
-        rotate_master_key_file(self.conn, self.key_path)
-        self.assertEqual(read_master_key_file(self.key_path + ".old"), old_key)
-        self.assertFalse(os.path.exists(self.key_path + ".new"))
+        rotation = rotate_master_key_file(self.conn, self.key_path, now=lambda: ROTATED_AT)
+        self.assertEqual(rotation.old_key_path, self.key_path + ".old-20240102T030405Z")
+        self.assertEqual(read_master_key_file(rotation.old_key_path), old_key)
+        self.assertEqual(stat.S_IMODE(os.stat(rotation.old_key_path).st_mode), 0o600)
+        self.assertEqual(rotation.counts.user_keys, 1)
         self.assertNotEqual(read_master_key_file(self.key_path), old_key)
+        self.assertEqual(
+            sorted(os.listdir(os.path.dirname(self.key_path))),
+            ["keycast.db", "keycast.db-shm", "keycast.db-wal", "master.key",
+             "master.key.old-20240102T030405Z"],
+        )  # fmt: skip
         open_file_cipher(self.conn, self.key_path)
+
+    def test_two_rotations_keep_both_old_keys(self) -> None:
+        """A second rotation (even in the same second) keeps the first's old key: each old key
+        still opens the backup taken before the rotation that retired it."""
+        directory = os.path.dirname(self.key_path)
+        backups = [os.path.join(directory, f"backup-{n}.db") for n in (1, 2)]
+        kept = []
+        for dest in backups:
+            backup(self.conn, dest)
+            kept.append(
+                rotate_master_key_file(self.conn, self.key_path, now=lambda: ROTATED_AT)
+            )
+        self.assertEqual(
+            [rotation.old_key_path for rotation in kept],
+            [self.key_path + ".old-20240102T030405Z", self.key_path + ".old-20240102T030405Z-2"],
+        )
+        for dest, rotation in zip(backups, kept, strict=True):
+            copy = open_database(dest)
+            self.addCleanup(copy.close)
+            cipher = open_file_cipher(copy, rotation.old_key_path)
+            (blob,) = copy.execute("SELECT secret_ciphertext FROM user_keys").fetchone()
+            self.assertEqual(
+                cipher.decrypt(bytes(blob), user_key_aad(self.user.pubkey_hex)),
+                self.user.to_bytes(),
+            )
+
+    def test_old_key_kept_before_the_commit(self) -> None:
+        """The old key is on disk (complete, 0600) when the transaction commits."""
+        old_key = read_master_key_file(self.key_path)
+        seen: list[bytes] = []
+
+        def rotate(*args: object, **kwargs: object) -> object:
+            seen.append(read_master_key_file(self.key_path + ".old-20240102T030405Z"))
+            return rotate_master_key(*args, **kwargs)  # type: ignore[arg-type]
+
+        self.patch(rotation_module, "rotate_master_key", rotate)
+        rotate_master_key_file(self.conn, self.key_path, now=lambda: ROTATED_AT)
+        self.assertEqual(seen, [old_key])
+
+    def test_failure_before_commit_leaves_no_key_files(self) -> None:
+        """A rotation that rolls back removes its staged key and its copy of the old key."""
+        add_authorization(self.conn, new_cipher(), self.key_id)  # does not decrypt
+        with self.assertRaises(CiphertextError):
+            rotate_master_key_file(self.conn, self.key_path, now=lambda: ROTATED_AT)
+        self.assertEqual(
+            [name for name in os.listdir(os.path.dirname(self.key_path)) if "master" in name],
+            ["master.key"],
+        )
+        open_file_cipher(self.conn, self.key_path)
+
+    def test_failure_after_commit_says_where_the_key_is(self) -> None:
+        """A failure once the database is under the new key keeps <path>.new and says plainly
+        that the database now uses it."""
+
+        def commit_then_fail(*args: object, **kwargs: object) -> object:
+            rotate_master_key(*args, **kwargs)  # type: ignore[arg-type]
+            raise StoreError("disk I/O error")
+
+        self.patch(rotation_module, "rotate_master_key", commit_then_fail)
+        with self.assertRaises(StoreError) as caught:
+            rotate_master_key_file(self.conn, self.key_path, now=lambda: ROTATED_AT)
+        staged = self.key_path + ".new"
+        message = str(caught.exception)
+        self.assertIn(f"the database is now encrypted under the NEW key in {staged}", message)
+        self.assertIn(f"mv {staged} {self.key_path}", message)
+        self.assertIn(self.key_path + ".old-20240102T030405Z", message)
+        self.assertTrue(os.path.exists(self.key_path + ".old-20240102T030405Z"))
+        os.replace(staged, self.key_path)
+        open_file_cipher(self.conn, self.key_path)
+
+    def test_rename_failure_after_commit_says_where_the_key_is(self) -> None:
+        """The rename of <path>.new failing (after the commit) names <path>.new as the key."""
+
+        def refuse(source: str, dest: str) -> None:
+            raise PermissionError(1, "Operation not permitted")
+
+        self.patch(rotation_module.os, "replace", refuse)
+        with self.assertRaises(StoreError) as caught:
+            rotate_master_key_file(self.conn, self.key_path, now=lambda: ROTATED_AT)
+        self.assertIn(
+            f"now encrypted under the NEW key in {self.key_path}.new", str(caught.exception)
+        )
+        self.assertIn("Operation not permitted", str(caught.exception))
 
     def test_interrupted_rotation_is_explained(self) -> None:
         """DB rotated but key not renamed: the start error points at <path>.new."""

@@ -36,8 +36,9 @@ def register(commands: Commands, common: argparse.ArgumentParser) -> None:
         commands, "rotate-master-key", common, rotate_key,
         help="re-encrypt every key under a new master key",
         description="Generate a new master key file and re-encrypt every stored key under it in "
-        "one transaction; the previous key is kept as <master key>.old for older backups. "
-        "Restart the daemon afterwards. With Cloud KMS, rotate the KMS key in Cloud KMS instead.",
+        "one transaction; the previous key is kept as <master key>.old-<UTC time> (never "
+        "overwritten: each one opens the backups taken before its rotation). Restart the daemon "
+        "afterwards. With Cloud KMS, rotate the KMS key in Cloud KMS instead.",
     )
 
 
@@ -96,7 +97,8 @@ def rotate_key(ctx: Context, args: argparse.Namespace) -> int:
             "the database uses Cloud KMS: rotate the KMS key in Cloud KMS (old versions keep "
             "decrypting); there is no file master key to rotate"
         )
-    result = rotate_master_key_file(ctx.database(), config.master_key_path)
+    rotation = rotate_master_key_file(ctx.database(), config.master_key_path, now=ctx.clock)
+    result = rotation.counts
     identity = " and the relay identity" if result.relay_identities else ""
     if result.connect_secrets:
         identity += f" (and {result.connect_secrets} queued connect responses)"
@@ -105,8 +107,8 @@ def rotate_key(ctx: Context, args: argparse.Namespace) -> int:
         f"under a new master key in {config.master_key_path}"
     )
     ctx.out(
-        f"The previous key is in {config.master_key_path}.old: it opens backups taken before "
-        "now; store it safely or delete it"
+        f"The previous key is in {rotation.old_key_path}: it opens backups taken before "
+        "now; keep it as long as those backups, stored apart from them"
     )
     ctx.out("Restart the daemon to use the new key")
     return EXIT_OK

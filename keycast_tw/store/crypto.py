@@ -162,26 +162,63 @@ def read_master_key_file(path: str) -> bytes:
     return key
 
 
-def write_master_key_file(path: str, key: bytes) -> None:
-    """Write ``key`` to ``path`` atomically (temp file 0600, fsync, rename), replacing it."""
-    directory = os.path.dirname(os.path.abspath(path))
+class MasterKeyFileExists(MasterKeyError):
+    """``write_master_key_file(..., replace=False)`` found the file already there."""
+
+
+def write_master_key_file(path: str, key: bytes, *, replace: bool = True) -> None:
+    """Write ``key`` to ``path`` durably: a 0600 temp file, fsync, rename, fsync the directory.
+
+    A crash therefore leaves either the previous file or the whole new key under ``path``.
+    ``replace=False`` never overwrites anything: the temp file is hard-linked to ``path``, which
+    fails atomically (:class:`MasterKeyFileExists`) when ``path`` exists. Rotation relies on it,
+    because an earlier key may be the only one that opens an old backup.
+    """
     temp = f"{path}.tmp-{os.getpid()}"
+    created = False
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(encode_master_key(key))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        created = True
+        _write_private(fd, encode_master_key(key))
+        _publish(temp, path, replace=replace)
+        fsync_directory(os.path.dirname(os.path.abspath(path)))
     except OSError as error:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
         raise MasterKeyError(f"cannot write master key file {path}: {error.strerror}") from None
+    finally:
+        if created:  # gone already after a rename; still there after a link or a failure
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+
+
+def _write_private(fd: int, data: bytes) -> None:
+    """Write ``data`` to the new file ``fd`` with mode exactly 0600 (whatever the umask), then
+    fsync it, so the key is on disk before any name points at it."""
+    with os.fdopen(fd, "wb") as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _publish(temp: str, path: str, *, replace: bool) -> None:
+    """Give the finished ``temp`` its final name: rename over ``path``, or link without
+    overwriting (:class:`MasterKeyFileExists` when ``path`` is taken)."""
+    if replace:
+        os.replace(temp, path)
+        return
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        raise MasterKeyFileExists(f"{path} exists and is kept as it is") from None
+
+
+def fsync_directory(directory: str) -> None:
+    """Make a rename or link in ``directory`` durable (the entry, not only the file's data)."""
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def read_key_info(conn: sqlite3.Connection) -> tuple[str, bytes | None, bytes] | None:
