@@ -82,6 +82,18 @@ class ParseRequestTests(SynchronousTestCase):
         with self.assertRaises(MalformedRequest):
             parse_request(None)  # type: ignore[arg-type]
 
+    def test_overlong_id_is_unreadable(self) -> None:
+        """An id longer than MAX_REQUEST_ID_LENGTH is unreadable, even with a bad method: a
+        reply would have to echo it. Ids up to the bound parse."""
+        bound = nip46.MAX_REQUEST_ID_LENGTH
+        longest = nip46.build_request("i" * bound, "ping", [])
+        self.assertEqual(parse_request(longest).id, "i" * bound)
+        for method in ("ping", ""):
+            with self.assertRaises(MalformedRequest) as caught:
+                parse_request(nip46.build_request("i" * (bound + 1), method, []))
+            self.assertIsNone(caught.exception.request_id)
+            self.assertEqual(str(caught.exception), "request id is too long")
+
     def test_readable_id(self) -> None:
         """A bad method or params still carries the request id so the engine can answer."""
         for text in (
@@ -101,7 +113,11 @@ class ParseRequestTests(SynchronousTestCase):
         self.assertIn("connect", text)
         self.assertNotIn("topsecret", text)
 
-    @given(texts, nonempty_texts, st.lists(texts, max_size=5))
+    @given(
+        st.text(alphabet=st.characters(codec="utf-8"), max_size=nip46.MAX_REQUEST_ID_LENGTH),
+        nonempty_texts,
+        st.lists(texts, max_size=5),
+    )
     def test_round_trip(self, request_id: str, method: str, params: list[str]) -> None:
         """build_request output parses back to the same request."""
         text = nip46.build_request(request_id, method, params)

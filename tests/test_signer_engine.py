@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 from twisted.internet.defer import Deferred, fail
+from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
 from keycast_tw.nostr import nip44, nip46
@@ -220,6 +221,41 @@ class TransportTests(SynchronousTestCase):
         event = client.request("", created_at=world.clock.seconds(), plaintext="not json")
         outcome = world.handle(event)
         self.assertEqual((outcome.outcome, outcome.response), ("error", None))
+
+    def test_overlong_request_id_gets_no_reply(self) -> None:
+        """An id no client would send is unreadable: no reply, one warning, no traceback. Over
+        65,535 bytes (a NIP-44 request with the extended length prefix) it could not even be
+        echoed in an encrypted error reply."""
+        world = self.world
+        client = world.connected_client()
+        for length in (nip46.MAX_REQUEST_ID_LENGTH + 1, 70_000):
+            plaintext = nip46.build_request("x" * length, "ping", [])
+            outcome = world.handle(_extended_request(world, client, plaintext))
+            self.assertEqual(
+                (outcome.outcome, outcome.reason, outcome.response),
+                ("error", "malformed request: request id is too long", None),
+            )
+        warnings = [e for e in world.events if e["log_level"] >= LogLevel.warn]
+        self.assertEqual(len(warnings), 2)
+        self.assertFalse(any("log_failure" in event for event in world.events))
+
+    def test_error_reply_too_large_to_encrypt(self) -> None:
+        """If even the error reply cannot be encrypted, there is no reply and one warning, not
+        a critical traceback. Only an id near the transport limit can cause that, so the id
+        bound is lifted here to reach this safety net."""
+        self.patch(nip46, "MAX_REQUEST_ID_LENGTH", 10**6)
+        world = self.world
+        client = world.connected_client()
+        plaintext = nip46.build_request("x" * 70_000, "get_public_key", [])
+        outcome = world.handle(_extended_request(world, client, plaintext))
+        self.assertEqual(
+            (outcome.outcome, outcome.reason, outcome.response),
+            ("error", "response too large for the transport encryption", None),
+        )
+        warnings = [e for e in world.events if e["log_level"] >= LogLevel.warn]
+        self.assertEqual(len(warnings), 1)
+        self.assertEqual(warnings[0]["log_level"], LogLevel.warn)
+        self.assertEqual(world.store.activity[-1].error, outcome.reason)
 
     def test_unknown_method_gets_error(self) -> None:
         """An unknown method is answered with an error, never silence."""
@@ -483,6 +519,20 @@ class _BrokenKey:
 class _ExplodingKey(_BrokenKey):
     def secret_key(self) -> SecretKey:
         raise RuntimeError("bug")
+
+
+def _extended_request(world: World, client: FakeClient, plaintext: str) -> dict[str, Any]:
+    """A request whose NIP-44 content may exceed 65,535 bytes (the extended length prefix,
+    which the decrypting side accepts)."""
+    key = nip44.conversation_key(client.key, bytes.fromhex(client.bunker_pubkey))
+    content = nip44.encrypt(plaintext, key, max_plaintext=nip44.MAX_PLAINTEXT_EXTENDED)
+    template = {
+        "kind": 24133,
+        "content": content,
+        "created_at": int(world.clock.seconds()),
+        "tags": [["p", client.bunker_pubkey]],
+    }
+    return sign_event(template, client.key)
 
 
 def _note(**fields: Any) -> str:

@@ -27,6 +27,7 @@ from keycast_tw.nostr.keys import parse_pubkey
 
 __all__ = [
     "KIND",
+    "MAX_REQUEST_ID_LENGTH",
     "BunkerURI",
     "NostrConnectURI",
     "Request",
@@ -42,6 +43,10 @@ __all__ = [
 ]
 
 KIND: Final = 24133
+#: Longest request id (characters) that parse_request accepts. Real clients send short random
+#: ids (nostr-tools "<prefix>-<serial>", NDK 5-6 base-36 characters, rust-nostr a decimal u32);
+#: the reply repeats the id, and a huge one could not even fit an encrypted error reply.
+MAX_REQUEST_ID_LENGTH: Final = 256
 _HEX64: Final = re.compile(r"[0-9a-f]{64}")
 _JSON_DECODER: Final = json.JSONDecoder()
 
@@ -110,11 +115,16 @@ def _load_object(plaintext: str, what: str) -> dict[str, Any]:
 
 
 def parse_request(plaintext: str) -> Request:
-    """Parse a decrypted request; MalformedRequest (with ``request_id`` when readable) otherwise."""
+    """Parse a decrypted request; MalformedRequest (with ``request_id`` when readable) otherwise.
+
+    An id over MAX_REQUEST_ID_LENGTH characters counts as unreadable: no reply can echo it.
+    """
     data = _load_object(plaintext, "request")
     request_id = _read_id(data.get("id"))
     if request_id is None:
         raise MalformedRequest("request id must be a string")
+    if len(request_id) > MAX_REQUEST_ID_LENGTH:
+        raise MalformedRequest("request id is too long")
     method = data.get("method")
     if not isinstance(method, str) or not method:
         raise MalformedRequest("request method must be a non-empty string", request_id)

@@ -131,10 +131,11 @@ class _Opened:
 
 @dataclass(frozen=True, slots=True)
 class _Replied:
-    """The result of crypto call 2: the signed response and what to record (MethodResult's
-    repr hides its value, so this repr is safe)."""
+    """The result of crypto call 2: the signed response (None when not even an error reply
+    could be encrypted) and what to record (MethodResult's repr hides its value, so this repr
+    is safe)."""
 
-    response: dict[str, Any]
+    response: dict[str, Any] | None
     result: MethodResult | None
     error: str | None
     failure: Failure | None = None
@@ -382,6 +383,13 @@ class Engine:
                 "NIP-46 method {method} failed for bunker {bunker}",
                 replied.failure,
                 method=method,
+                bunker=_short(bunker),
+            )
+        if replied.response is None:
+            self.log.warn(
+                "No reply to NIP-46 request from {client} for bunker {bunker}: even the error"
+                " reply is too large to encrypt",
+                client=_short(client),
                 bunker=_short(bunker),
             )
         result = replied.result
@@ -638,7 +646,12 @@ def _reply(
         # Too large for what every client can decrypt: say so rather than stay silent.
         result = None
         error = RESPONSE_TOO_LARGE
-        content = _encrypt(nip46.error_json(request_id, error), transport_key, legacy)
+        try:
+            content = _encrypt(nip46.error_json(request_id, error), transport_key, legacy)
+        except EncryptionError:
+            # Only an id near the transport limit makes even this too large (parse_request
+            # bounds ids, so this is a safety net): no reply, rather than a failed request.
+            return _Replied(None, None, error, failure)
     # Built here from checked values (client and event_id come from a verified event), so the
     # event module does not check the shape again.
     response = sign_validated(
