@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from keycast_tw.signer.model import OAUTH, REGULAR, KeyUnavailable, LazyKey
+from keycast_tw.signer.model import OAUTH, REGULAR, Authorization, KeyUnavailable, LazyKey
 from keycast_tw.signer.registry import Registry
+from keycast_tw.store.crypto import SecretCipher
 from keycast_tw.store.expiry import ExpiryQueue
 from keycast_tw.store.loader import AuthorizationLoader
 from tests.test_store_fixtures import (
@@ -175,6 +179,114 @@ class ReloadTests(LoaderTestBase):
         add_authorization(self.conn, self.cipher, key_id)
         _, (auth,), _ = self.loader.reload(self.conn, self.seq, NOW)
         self.assertEqual(auth.user_pubkey, bob.pubkey_hex)
+
+
+class WrongTypeTests(LoaderTestBase):
+    """SQLite keeps whatever a hand edit writes: a wrong type costs its row, never the load."""
+
+    def set_column(self, table: str, column: str, value: object, row_id: int) -> None:
+        query = f"UPDATE {table} SET {column} = ? WHERE id = ?"  # noqa: S608
+        self.conn.execute(query, (value, row_id))
+        self.conn.commit()
+
+    def assert_skipped(self, auth_id: int, reason: str) -> None:
+        self.assertIn(f"Skipping authorization {auth_id}: {reason}", self.errors())
+
+    def test_wrong_types_skipped_at_load(self) -> None:
+        """Text dates and counts, a real date, text blobs and a user key with a text blob are
+        each skipped with one ERROR line naming the row; the registry and expiry queue take the
+        rest."""
+        good, _ = add_authorization(self.conn, self.cipher, self.key_id, expires_at=NOW + 10)
+        bob_id, _ = add_user_key(self.conn, self.cipher, "bob")
+        self.conn.execute("PRAGMA foreign_keys = OFF")  # as in the sqlite3 shell
+        cases = [
+            ("authorizations", "expires_at", "2030-01-01", "expires_at is not an integer"),
+            ("authorizations", "revoked_at", "yesterday", "revoked_at is not an integer"),
+            ("authorizations", "expires_at", NOW + 0.5, "expires_at is not an integer"),
+            ("authorizations", "max_uses", "many", "max_uses is not an integer"),
+            ("authorizations", "policy_id", "p", "policy_id is not an integer"),
+            ("authorizations", "bunker_secret_ciphertext", "oops",
+             "bunker_secret_ciphertext is not a blob"),
+            ("authorizations", "secret_hash", "oops", "secret_hash is not a blob"),
+        ]  # fmt: skip
+        bad = []
+        for table, column, value, reason in cases:
+            auth_id, _ = add_authorization(self.conn, self.cipher, self.key_id)
+            self.set_column(table, column, value, auth_id)
+            bad.append((auth_id, reason))
+        bobs, _ = add_authorization(self.conn, self.cipher, bob_id)
+        self.set_column("user_keys", "secret_ciphertext", "oops", bob_id)
+        bad.append((bobs, f"user key {bob_id}: secret_ciphertext is not a blob"))
+        result = self.loader.load_all(self.conn, NOW)
+        self.assertEqual([a.id for a in result.authorizations], [good])
+        self.assertEqual(result.skipped, len(bad))
+        self.assertEqual(len(self.errors()), len(bad))
+        for auth_id, reason in bad:
+            self.assert_skipped(auth_id, reason)
+        registry = Registry()
+        registry.replace_all(result.authorizations)
+        ExpiryQueue(grace=50).reset(result.authorizations)
+        self.assertEqual(len(registry), 1)
+
+    def test_malformed_user_key_pubkey(self) -> None:
+        """A user key whose pubkey is not lowercase hex costs its authorizations, by id."""
+        bob_id, bob = add_user_key(self.conn, self.cipher, "bob")
+        bobs, _ = add_authorization(self.conn, self.cipher, bob_id)
+        self.set_column("user_keys", "pubkey", bob.pubkey_hex.upper(), bob_id)
+        self.assertEqual(self.loader.load_all(self.conn, NOW).authorizations, [])
+        self.assert_skipped(bobs, f"user key {bob_id}: pubkey is not 64 lowercase hex characters")
+
+    def test_row_turned_wrong_type_is_a_removal_and_reload_goes_on(self) -> None:
+        """A reload over a row edited to a text date removes that row and advances, so a later
+        revocation of another row still arrives."""
+        edited, _ = add_authorization(self.conn, self.cipher, self.key_id)
+        other, _ = add_authorization(self.conn, self.cipher, self.key_id)
+        seq = self.loader.load_all(self.conn, NOW).seq
+        self.set_column("authorizations", "expires_at", "2030-01-01", edited)
+        seq, upserts, removals = self.loader.reload(self.conn, seq, NOW)
+        self.assertEqual((upserts, removals), ([], [edited]))
+        self.assert_skipped(edited, "expires_at is not an integer")
+        self.set_column("authorizations", "revoked_at", NOW, other)
+        _, upserts, removals = self.loader.reload(self.conn, seq, NOW)
+        self.assertEqual(([(a.id, a.revoked_at) for a in upserts], removals), ([(other, NOW)], []))
+
+    def test_user_key_turned_wrong_type_in_reload(self) -> None:
+        """A new user key with a text blob is a skip of the authorization using it, by id."""
+        seq = self.loader.load_all(self.conn, NOW).seq
+        bob_id, _ = add_user_key(self.conn, self.cipher, "bob")
+        self.set_column("user_keys", "secret_ciphertext", "oops", bob_id)
+        bobs, _ = add_authorization(self.conn, self.cipher, bob_id)
+        _, upserts, removals = self.loader.reload(self.conn, seq, NOW)
+        self.assertEqual((upserts, removals), ([], [bobs]))
+        self.assert_skipped(bobs, f"user key {bob_id}: secret_ciphertext is not a blob")
+
+    def test_unforeseen_type_error_is_a_skip_without_values(self) -> None:
+        """A TypeError or ValueError nobody foresaw skips that row; the line names the error's
+        class only, never its message (which could quote the row)."""
+        typed, _ = add_authorization(self.conn, self.cipher, self.key_id)
+        valued, _ = add_authorization(self.conn, self.cipher, self.key_id)
+        good, _ = add_authorization(self.conn, self.cipher, self.key_id)
+        errors = {typed: TypeError("row value 1234"), valued: ValueError("row value 5678")}
+        loader = _FailingLoader(self.cipher, errors)
+        result = loader.load_all(self.conn, NOW)
+        self.assertEqual([a.id for a in result.authorizations], [good])
+        self.assert_skipped(typed, "unexpected TypeError while reading the row")
+        self.assert_skipped(valued, "unexpected ValueError while reading the row")
+        self.assertFalse([line for line in self.errors() if "row value" in line])
+
+
+class _FailingLoader(AuthorizationLoader):
+    """A loader whose _build raises the given error for some rows."""
+
+    def __init__(self, cipher: SecretCipher, errors: dict[int, Exception]) -> None:
+        super().__init__(cipher)
+        self._errors = errors
+
+    def _build(self, row: Sequence[Any], sessions: dict[int, dict[str, bool]]) -> Authorization:
+        error = self._errors.get(row[0])
+        if error is not None:
+            raise error
+        return super()._build(row, sessions)
 
 
 class ExpiryQueueTests(LoaderTestBase):

@@ -8,9 +8,9 @@ Designed for a million rows in a few seconds and well under a gigabyte:
   relay tuples are shared objects; kinds are the model's interned constants;
 - ``sessions`` stays None for the (usual) authorization nobody has connected to yet.
 
-A bad row (unparseable relays, unknown policy, missing user key...) is skipped with one ERROR
-line naming its id, never a crash: one bad row must not take every other bunker down (the
-original's start-up was all-or-nothing, reference B12).
+A bad row (unparseable relays, unknown policy, missing user key, a column holding the wrong
+SQLite type...) is skipped with one ERROR line naming its id, never a crash: one bad row must not
+take every other bunker down (the original's start-up was all-or-nothing, reference B12).
 """
 
 from __future__ import annotations
@@ -41,6 +41,16 @@ _AUTH_COLUMNS = (
 )
 _SELECT_USER_KEYS = "SELECT id, pubkey, secret_ciphertext FROM user_keys"
 _KINDS = {REGULAR: REGULAR, OAUTH: OAUTH}
+#: (index in _AUTH_COLUMNS, name): columns that must hold an integer or NULL...
+_INTEGER_COLUMNS = (
+    (2, "user_key_id"),
+    (7, "policy_id"),
+    (8, "max_uses"),
+    (9, "expires_at"),
+    (10, "revoked_at"),
+)
+#: ... and a blob or NULL.
+_BLOB_COLUMNS = ((4, "bunker_secret_ciphertext"), (5, "secret_hash"))
 _PUBKEY = re.compile(r"[0-9a-f]{64}")
 _FETCH = 10_000
 _IN_CHUNK = 500
@@ -88,7 +98,9 @@ class _Skip(Exception):
     """This row cannot be served; the message says why (no secrets)."""
 
 
-class _BadPolicy:
+class _Unusable:
+    """A policy or user key row that cannot be used; the authorizations naming it are skipped."""
+
     __slots__ = ("reason",)
 
     def __init__(self, reason: str) -> None:
@@ -108,8 +120,8 @@ class AuthorizationLoader:
         self.cipher = cipher
         self.refusal_grace = refusal_grace
         self.skipped = 0
-        self._user_keys: dict[int, KeySource] = {}
-        self._policies: dict[int, Policy | _BadPolicy] = {}
+        self._user_keys: dict[int, KeySource | _Unusable] = {}
+        self._policies: dict[int, Policy | _Unusable] = {}
         self._relays: dict[str, tuple[str, ...]] = {}
         self._logged_skips = 0
 
@@ -148,10 +160,9 @@ class AuthorizationLoader:
             )
             auths = []
             for row in _rows(cursor):
-                try:
-                    auths.append(self._build(row, sessions))
-                except _Skip as skip:
-                    self._skip(row[0], str(skip))
+                auth = self._try_build(row, sessions)
+                if auth is not None:
+                    auths.append(auth)
         self._summarise_skips()
         return LoadResult(auths, seq, self.skipped)
 
@@ -174,7 +185,9 @@ class AuthorizationLoader:
                 (since_seq,),
             ).fetchall()
             live = [row for row in rows if _kept(row, now - self.refusal_grace)]
-            missing_keys = {row[2] for row in live if row[2] not in self._user_keys}
+            missing_keys = {
+                row[2] for row in live if _is_int(row[2]) and row[2] not in self._user_keys
+            }
             for chunk in _chunks(sorted(missing_keys)):
                 self._read_user_keys(
                     conn.execute(
@@ -182,7 +195,7 @@ class AuthorizationLoader:
                         chunk,
                     )
                 )
-            policy_ids = sorted({row[7] for row in live if row[7] is not None})
+            policy_ids = sorted({row[7] for row in live if _is_int(row[7])})
             for chunk in _chunks(policy_ids):
                 for policy_id in chunk:
                     self._policies.pop(policy_id, None)
@@ -205,23 +218,45 @@ class AuthorizationLoader:
             if not _kept(row, now - self.refusal_grace):
                 removals.append(row[0])
                 continue
-            try:
-                upserts.append(self._build(row, sessions))
-            except _Skip as skip:
-                self._skip(row[0], str(skip))
+            auth = self._try_build(row, sessions)
+            if auth is None:
                 removals.append(row[0])
+            else:
+                upserts.append(auth)
         self._summarise_skips()
         return ReloadResult(seq, upserts, removals)
+
+    def _try_build(
+        self, row: Sequence[Any], sessions: dict[int, dict[str, bool]]
+    ) -> Authorization | None:
+        """The row's Authorization, or None after logging why it is skipped.
+
+        TypeError and ValueError are caught too, as a last defence: a row with a value nobody
+        foresaw must cost that row, not the load (a failed load crash-loops the start and a
+        failed reload never advances, losing every later revocation). Only the error's class is
+        logged: its message could quote the row's values.
+        """
+        try:
+            return self._build(row, sessions)
+        except _Skip as skip:
+            reason = str(skip)
+        except (TypeError, ValueError) as error:
+            reason = f"unexpected {type(error).__name__} while reading the row"
+        self._skip(row[0], reason)
+        return None
 
     def _build(self, row: Sequence[Any], sessions: dict[int, dict[str, bool]]) -> Authorization:
         (auth_id, kind, user_key_id, bunker_pubkey, ciphertext, secret_hash, relays_text,
          policy_id, max_uses, expires_at, revoked_at, label) = row  # fmt: skip
+        _check_types(row)
         shared_kind = _KINDS.get(kind)
         if shared_kind is None:
             raise _Skip(f"unknown kind {kind!r}")
         user_key = self._user_keys.get(user_key_id)
         if user_key is None:
             raise _Skip(f"user key {user_key_id} does not exist")
+        if isinstance(user_key, _Unusable):
+            raise _Skip(f"user key {user_key_id}: {user_key.reason}")
         if not isinstance(bunker_pubkey, str) or not _PUBKEY.fullmatch(bunker_pubkey):
             raise _Skip("bunker_pubkey is not 64 lowercase hex characters")
         bunker_key: KeySource
@@ -232,14 +267,14 @@ class AuthorizationLoader:
         else:
             bunker_key = LazyKey(
                 bunker_pubkey,
-                StoredSecret(self.cipher, bunker_key_aad, bunker_pubkey, bytes(ciphertext)),
+                StoredSecret(self.cipher, bunker_key_aad, bunker_pubkey, ciphertext),
             )
         policy: Policy | None = None
         if policy_id is not None:
             found = self._policies.get(policy_id)
             if found is None:
                 raise _Skip(f"policy {policy_id} does not exist")
-            if isinstance(found, _BadPolicy):
+            if isinstance(found, _Unusable):
                 raise _Skip(f"policy {policy_id}: {found.reason}")
             policy = found
         return Authorization(
@@ -247,7 +282,7 @@ class AuthorizationLoader:
             kind=shared_kind,
             bunker_key=bunker_key,
             user_key=user_key,
-            secret_hash=None if secret_hash is None else bytes(secret_hash),
+            secret_hash=secret_hash,
             relays=self._parse_relays(relays_text),
             policy=policy,
             max_uses=max_uses,
@@ -274,9 +309,16 @@ class AuthorizationLoader:
 
     def _read_user_keys(self, cursor: Iterable[Sequence[Any]]) -> None:
         for key_id, pubkey, blob in cursor:
-            self._user_keys[key_id] = LazyKey(
-                pubkey, StoredSecret(self.cipher, user_key_aad, pubkey, bytes(blob))
-            )
+            self._user_keys[key_id] = self._user_key(pubkey, blob)
+
+    def _user_key(self, pubkey: object, blob: object) -> KeySource | _Unusable:
+        """A LazyKey for a user_keys row, or why the row cannot be one (checked, not assumed:
+        a TEXT blob or a malformed pubkey would otherwise raise for the whole load)."""
+        if not isinstance(pubkey, str) or not _PUBKEY.fullmatch(pubkey):
+            return _Unusable("pubkey is not 64 lowercase hex characters")
+        if not isinstance(blob, bytes):
+            return _Unusable("secret_ciphertext is not a blob")
+        return LazyKey(pubkey, StoredSecret(self.cipher, user_key_aad, pubkey, blob))
 
     def _read_policies(self, conn: sqlite3.Connection, ids: Sequence[int] | None) -> None:
         where = "" if ids is None else f" WHERE id IN ({_marks(ids)})"
@@ -301,7 +343,7 @@ class AuthorizationLoader:
             permissions.setdefault(policy_id, []).append(Permission(identifier, config))
         for policy_id, name in names.items():
             if policy_id in bad:
-                self._policies[policy_id] = _BadPolicy(bad[policy_id])
+                self._policies[policy_id] = _Unusable(bad[policy_id])
             else:
                 self._policies[policy_id] = Policy(name, tuple(permissions[policy_id]))
 
@@ -325,11 +367,39 @@ class AuthorizationLoader:
 
 
 def _kept(row: Sequence[Any], cutoff: int) -> bool:
-    """Whether a row belongs in the registry: live, or revoked/expired after ``cutoff``."""
+    """Whether a row belongs in the registry: live, or revoked/expired after ``cutoff``.
+
+    A row whose dates are not integers is kept, so that _build skips it with its reason (in a
+    reload that makes it a removal); comparing them would raise TypeError for the whole reload.
+    """
     expires_at, revoked_at = row[9], row[10]
+    if not (_is_int_or_none(expires_at) and _is_int_or_none(revoked_at)):
+        return True
     return (revoked_at is None or revoked_at > cutoff) and (
         expires_at is None or expires_at > cutoff
     )
+
+
+def _check_types(row: Sequence[Any]) -> None:
+    """Raise _Skip unless the columns used for arithmetic and crypto have the schema's types.
+
+    SQLite stores whatever it is given: a date typed in the sqlite3 shell ('2030-01-01') stays
+    TEXT in an INTEGER column, 'oops' stays TEXT in a BLOB column.
+    """
+    for index, column in _INTEGER_COLUMNS:
+        if not _is_int_or_none(row[index]):
+            raise _Skip(f"{column} is not an integer")
+    for index, column in _BLOB_COLUMNS:
+        if row[index] is not None and not isinstance(row[index], bytes):
+            raise _Skip(f"{column} is not a blob")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_int_or_none(value: object) -> bool:
+    return value is None or _is_int(value)
 
 
 def _counter(conn: sqlite3.Connection) -> int:
