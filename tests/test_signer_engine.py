@@ -394,6 +394,43 @@ class RobustnessTests(SynchronousTestCase):
             errors.append(client.read(world.handle(event).response, event).error)
         self.assertEqual(errors[1], "rate-limited: slow down")
 
+    def test_undecryptable_flood_is_rate_limited(self) -> None:
+        """500 undecryptable events from one pubkey cost at most its burst of claims and WARN
+        lines; the rest are dropped at debug level, and its bucket is empty for real requests
+        too (which still get the "rate-limited" reply)."""
+        world = World(self, config=EngineConfig(rate_per_second=1, rate_burst=5))
+        client = world.client()
+        outcomes = [world.handle(_undecryptable(world, client)).outcome for _ in range(500)]
+        self.assertEqual(outcomes.count("undecryptable"), 5)
+        self.assertEqual(outcomes.count("ignored"), 495)
+        self.assertEqual(world.store.claimed(), 5)
+        self.assertEqual(world.log_levels().count(LogLevel.warn), 5)
+        self.assertEqual(world.call(client, "ping")[1].error, "rate-limited: slow down")
+        self.assertEqual(world.call(world.client(), "ping")[1].result, "pong")
+
+    def test_unreadable_flood_is_rate_limited(self) -> None:
+        """Decryptable plaintext that is no request (no id to answer) is limited the same way."""
+        world = World(self)
+        client = world.client()
+        for _ in range(100):
+            event = client.request("", created_at=world.clock.seconds(), plaintext="not json")
+            world.handle(event)
+        self.assertEqual(world.store.claimed(), 40)
+        self.assertEqual(world.log_levels().count(LogLevel.warn), 40)
+        world.clock.advance(1)
+        event = client.request("", created_at=world.clock.seconds(), plaintext="not json")
+        self.assertEqual(world.handle(event).reason, "malformed request: request is not valid JSON")
+
+    def test_forged_events_do_not_drain_a_clients_bucket(self) -> None:
+        """Events with a client's pubkey but a bad signature are dropped before the limiter, so a
+        forger cannot silence that client."""
+        world = World(self, config=EngineConfig(rate_per_second=1, rate_burst=2))
+        client = world.client()
+        for _ in range(10):
+            forged = dict(_undecryptable(world, client), sig="00" * 64)
+            self.assertEqual(world.handle(forged).outcome, "ignored")
+        self.assertEqual(world.call(client, "ping")[1].result, "pong")
+
     def test_authorization_removed_while_claiming(self) -> None:
         """An authorization removed while its request was in flight answers "revoked"."""
         world = World(self)
@@ -519,6 +556,18 @@ class _BrokenKey:
 class _ExplodingKey(_BrokenKey):
     def secret_key(self) -> SecretKey:
         raise RuntimeError("bug")
+
+
+def _undecryptable(world: World, client: FakeClient) -> dict[str, Any]:
+    """A signed request from ``client`` encrypted to a stranger, so the bunker cannot read it."""
+    wrong_key = nip44.conversation_key(client.key, SecretKey.generate().pubkey)
+    template = {
+        "kind": 24133,
+        "content": nip44.encrypt(nip46.build_request("1", "ping", []), wrong_key),
+        "created_at": int(world.clock.seconds()),
+        "tags": [["p", world.auth.bunker_pubkey]],
+    }
+    return sign_event(template, client.key)
 
 
 def _extended_request(world: World, client: FakeClient, plaintext: str) -> dict[str, Any]:

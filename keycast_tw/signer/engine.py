@@ -10,7 +10,10 @@ public relay sends) costs a few dictionary lookups and no crypto:
 2. crypto call 1 (pure): verify id and signature, derive or reuse the conversation key, decrypt
    (NIP-04 when the content has ``?iv=``, else NIP-44) and parse the request;
 3. claim the event id in the store: each request is executed at most once, across relays and
-   restarts (a bad signature is never claimed, so a forged copy cannot block the real one);
+   restarts (a bad signature is never claimed, so a forged copy cannot block the real one).
+   An event with nothing to reply to (undecryptable, not a request) first takes a token from
+   its author's rate limit and is dropped without a claim when there is none: the limiter
+   comes after the signature check, so forged copies cannot drain a real client's bucket;
 4. on the reactor thread: rate limit, liveness (revoked, expired), session, method dispatch;
    sessions, caches and rate limits are only ever touched here;
 5. crypto call 2 (pure): execute the method with the user key, encrypt the reply in the request's
@@ -124,6 +127,12 @@ class _Opened:
     derived: bool = False
     request: nip46.Request | None = None
     malformed_id: str | None = None
+
+    @property
+    def unanswerable(self) -> bool:
+        """Verified and read with our key, but without an id to reply to: undecryptable or not
+        a request at all. (A bunker key we cannot use is our fault, not the client's.)"""
+        return self.transport_key is not None and self.request is None and self.malformed_id is None
 
     def __repr__(self) -> str:
         return f"_Opened(verified={self.verified}, reason={self.reason!r})"
@@ -301,6 +310,9 @@ class Engine:
             # Cached whatever happens next (duplicate, undecryptable): the key depends only on
             # the two pubkeys, and a client that repeats itself must not cost an ECDH each time.
             cache.put(cache_key, opened.transport_key)
+        if opened.unanswerable and not self._limiter.allow(client, self._now()):
+            # Junk gets no reply anyway; past the client's burst it costs no claim and no WARN.
+            return self._ignored(bunker, client, "rate-limited")
         try:
             claimed = await self._store.claim_request(event_id, created_at)
         except Exception:
