@@ -510,6 +510,21 @@ class PublishTests(SynchronousTestCase):
         h.clock.advance(1)
         self.assertEqual(h.connect().of_type("EVENT"), [["EVENT", event]])
 
+    def test_resent_event_keeps_its_age(self) -> None:
+        """An unacknowledged event put back after a drop keeps the time it was first queued,
+        so a flapping relay cannot keep a stale response alive past publish_queue_max_age."""
+        h = Harness(self, publish_queue_max_age=60)
+        server = h.connect()
+        h.pool.publish(request())
+        h.clock.advance(50)
+        h.drop(server)
+        h.clock.advance(1)
+        h.endpoints[A].attempts[-1].refuse()
+        h.clock.advance(10)
+        server = h.connect()
+        self.assertEqual(server.of_type("EVENT"), [])
+        self.assertEqual(h.counters()["queue_expired"], 1)
+
     def test_invalid_event_not_published(self) -> None:
         """An event without a valid id is refused with a log line, never an exception."""
         h = Harness(self)
@@ -556,6 +571,19 @@ class AuthTests(SynchronousTestCase):
         self.assertEqual(server.received[0][2]["since"], int(START) - 300)
         h.send(server, "EOSE", "keycast-p0")
         self.assertTrue(h.status()["subscribed"])
+
+    def test_auth_required_events_bounded(self) -> None:
+        """A relay that answers every event "auth-required" and never challenges cannot grow
+        the events held for AUTH beyond publish_queue_limit; the oldest are given up."""
+        h = Harness(self, publish_queue_limit=3)
+        server = h.connect()
+        events = [request(str(i)) for i in range(5)]
+        for event in events:
+            h.pool.publish(event)
+            h.send(server, "OK", event["id"], False, "auth-required: sign in")
+        self.assertEqual(h.counters()["queue_dropped"], 2)
+        h.drop(server)
+        self.assertEqual(h.status()["queued"], 3)
 
     def test_auth_rejected(self) -> None:
         """A refused AUTH is logged; events waiting for it are reported rejected."""
@@ -803,6 +831,53 @@ class MessageMetricsTests(SynchronousTestCase):
             {kind: 1.0 for kind in ("event", "ok", "rejected", "eose", "notice", "closed",
                                     "auth", "malformed", "binary", "oversize")},
         )
+
+
+class ClosedSubscriptionTests(SynchronousTestCase):
+    def test_closed_subscription_requested_again_with_backoff(self) -> None:
+        """A subscription the relay CLOSED on a live connection is asked for again after the
+        backoff, with since covering the time it was closed; repeated closes back off."""
+        h = Harness(self, initial_delay=1, factor=2, max_delay=8)
+        h.pool.set_bunker_pubkeys(keys(1))
+        server = h.connect()
+        h.send(server, "EOSE", "keycast-p0")
+        h.clock.advance(100)
+        server.received.clear()
+        h.send(server, "CLOSED", "keycast-p0", "rate-limited: slow down")
+        self.assertFalse(h.status()["subscribed"])
+        h.clock.advance(1)
+        h.flush()
+        [req] = server.of_type("REQ")
+        self.assertEqual(req[1], "keycast-p0")
+        self.assertEqual(req[2]["since"], int(START) + 100 - 300)
+        h.send(server, "EOSE", "keycast-p0")
+        self.assertTrue(h.status()["subscribed"])
+        h.send(server, "CLOSED", "keycast-p0", "error: again")
+        h.clock.advance(1)
+        h.flush()
+        self.assertEqual(len(server.of_type("REQ")), 1)
+        h.clock.advance(1)
+        h.flush()
+        self.assertEqual(len(server.of_type("REQ")), 2)
+
+    def test_no_re_request_once_unwanted_or_after_a_drop(self) -> None:
+        """A closed subscription that is no longer wanted is not asked for again, and a drop
+        leaves no re-REQ timer behind (the reconnect subscribes afresh)."""
+        h = Harness(self, initial_delay=1, p_chunk_size=1)
+        h.pool.set_bunker_pubkeys(keys(2))
+        server = h.connect()
+        h.send(server, "CLOSED", "keycast-p1", "error: no")
+        h.pool.set_bunker_pubkeys(keys(1))
+        h.clock.advance(5)
+        h.flush()
+        self.assertEqual([m[1] for m in server.of_type("REQ")], ["keycast-p0", "keycast-p1"])
+        h.send(server, "CLOSED", "keycast-p0", "error: no")
+        h.drop(server)
+        h.clock.advance(1)
+        server = h.connect()
+        h.clock.advance(10)
+        h.flush()
+        self.assertEqual([m[1] for m in server.of_type("REQ")], ["keycast-p0"])
 
 
 class RelayClosesTests(SynchronousTestCase):

@@ -41,12 +41,12 @@ class PolicyTests(SynchronousTestCase):
         policy = WebSocketRetryPolicy(initial_delay=1, max_delay=60, factor=2, jitter=lambda: 0)
         self.assertEqual([policy(1), policy(1), policy(1)], [1, 2, 4])
 
-    def test_reset_on_handshake(self) -> None:
-        """Only a successful WebSocket handshake starts the schedule over."""
+    def test_reset_by_owner(self) -> None:
+        """Only the owner's reset starts the schedule over."""
         policy = WebSocketRetryPolicy(initial_delay=1, max_delay=60, factor=2, jitter=lambda: 0)
         policy(1)
         policy(2)
-        policy.handshake_succeeded()
+        policy.reset()
         self.assertEqual(policy(1), 1)
 
 
@@ -110,18 +110,31 @@ class ScheduleTests(SynchronousTestCase):
         self.clock.advance(1)
         self.assertEqual(self.endpoint.times, [0, 6])
 
-    def test_reset_only_after_websocket_handshake(self) -> None:
-        """After failures, an open WebSocket resets the delay; a later drop retries at 1 s."""
+    def test_reset_after_a_stable_connection(self) -> None:
+        """After failures, a WebSocket that stayed up stable_connection (30 s) resets the
+        delay: its drop is retried at 1 s."""
         self._fail_each(lambda a: a.refuse(), 3)
         self.assertEqual(self.endpoint.times, [0, 1, 3, 7])
         attempt = self.endpoint.attempts[-1]
         pump = attempt.accept(relay_server_factory(self.clock))
         self.assertEqual(self.pool.connected_count(), 1)
+        self.clock.advance(30)
         attempt.server.transport.loseConnection()
         pump.flush()
         self.assertEqual(self.pool.connected_count(), 0)
         self.clock.advance(1)
-        self.assertEqual(self.endpoint.times, [0, 1, 3, 7, 8])
+        self.assertEqual(self.endpoint.times, [0, 1, 3, 7, 38])
+
+    def test_open_then_hang_up_keeps_backing_off(self) -> None:
+        """A relay that completes the upgrade and hangs up at once is not re-dialled every
+        second: short-lived connections count as failures."""
+        for _ in range(4):
+            attempt = self.endpoint.attempts[-1]
+            pump = attempt.accept(relay_server_factory(self.clock))
+            attempt.server.transport.loseConnection()
+            pump.flush()
+            self.clock.advance(self.clock.getDelayedCalls()[0].getTime() - self.clock.seconds())
+        self.assertEqual(self.endpoint.times, [0, 1, 3, 7, 15])
 
     def test_retry_line_says_why(self) -> None:
         """Each retry line names why the attempt failed: refused TCP, a refused upgrade."""

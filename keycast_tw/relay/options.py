@@ -41,6 +41,9 @@ class RelayOptions:
     max_events_per_second: float = 1000.0
     # On stop: how long to wait for relays to answer our close frame before dropping TCP.
     close_timeout: float = 2.0
+    # The reconnect backoff starts over only after a connection stayed up this long: a relay
+    # that accepts the upgrade and hangs up at once is not re-dialled every initial_delay.
+    stable_connection: float = 30.0
 
     def __post_init__(self) -> None:
         positive = {
@@ -56,6 +59,7 @@ class RelayOptions:
             "dedup_size": self.dedup_size,
             "max_events_per_second": self.max_events_per_second,
             "close_timeout": self.close_timeout,
+            "stable_connection": self.stable_connection,
         }
         for name, value in positive.items():
             if not value > 0:

@@ -13,6 +13,7 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -36,6 +37,8 @@ _MAX_CHALLENGE = 1024
 AUTH_ANSWERS_PER_SECOND = 1.0
 
 AuthSigner = Callable[[dict[str, Any]], dict[str, Any]]
+#: An event to publish and the time it was first queued.
+_Queued = tuple[float, dict[str, Any]]
 
 
 class RelayHub(Protocol):
@@ -78,6 +81,12 @@ class Relay:
             jitter=jitter,
             on_retry=self._retry_scheduled,
         )
+        self._resubscribe_delay = backoffPolicy(
+            initialDelay=options.initial_delay,
+            maxDelay=options.max_delay,
+            factor=options.factor,
+            jitter=jitter,
+        )
         self._log_limiter = LogLimiter(clock)
         self._flood = TokenBucket(clock, options.max_events_per_second)
         self.counters: Counter[str] = Counter()
@@ -86,7 +95,7 @@ class Relay:
         self.last_event_at: float | None = None
         self.last_connected_at: float | None = None
         self._wanted: dict[str, Filter] = {}
-        self._queue: deque[tuple[float, dict[str, Any]]] = deque()
+        self._queue: deque[_Queued] = deque()
         self._resume_at = clock.seconds()
         self._stopping = False
         self._closed: Deferred[None] | None = None
@@ -98,14 +107,21 @@ class Relay:
         self._active: dict[str, Filter] = {}
         self._eosed: set[str] = set()
         self._auth_closed: set[str] = set()
-        self._unacked: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._auth_retry: dict[str, dict[str, Any]] = {}
+        # Sent events awaiting OK, with the time they were first queued: a re-send after a
+        # drop keeps that time, so publish_queue_max_age bounds the whole delivery attempt.
+        self._unacked: OrderedDict[str, _Queued] = OrderedDict()
+        self._auth_retry: dict[str, _Queued] = {}
         self._auth_event_id: str | None = None
         self._auth_budget = TokenBucket(self._clock, AUTH_ANSWERS_PER_SECOND)
         self._authenticated = False
         self._subscribed = False
         self._last_heard_at = self._clock.seconds()
         self._eose_timer: IDelayedCall | None = None
+        # Subscriptions the relay CLOSED for a reason other than "auth-required" before we
+        # authenticated, each with when it closed: asked for again after a backoff, from then.
+        self._closed_subs: dict[str, float] = {}
+        self._resubscribe_failures = 0
+        self._resubscribe_timer: IDelayedCall | None = None
 
     # -- lifecycle driven by the pool -------------------------------------------------------
 
@@ -123,7 +139,7 @@ class Relay:
         closes is not reported: it is cancelled by that stop.
         """
         self._stopping = True
-        self._cancel_eose_timer()
+        self._cancel_timers()
         if self._connection is None:
             return succeed(None)
         self._closed = Deferred(lambda _: self._forget_closed())
@@ -179,9 +195,10 @@ class Relay:
 
     def publish(self, event: dict[str, Any]) -> None:
         """Send now if connected, otherwise queue (bounded, oldest dropped first)."""
-        if self._connection is not None and self._send_event(event):
+        now = self._clock.seconds()
+        if self._connection is not None and self._send_event(event, now):
             return
-        self._queue.append((self._clock.seconds(), event))
+        self._queue.append((now, event))
         self._trim_queue()
 
     # -- RelayConnectionOwner ---------------------------------------------------------------
@@ -190,7 +207,6 @@ class Relay:
         now = self._clock.seconds()
         self._reset_connection_state()
         self._connection = connection
-        self.retry_policy.handshake_succeeded()
         self.last_connected_at = now
         self._last_heard_at = now
         self.log.info("Relay {relay_url} connected", relay_url=self.url)
@@ -236,6 +252,10 @@ class Relay:
                 )
             return
         self._resume_at = self._last_heard_at
+        if self.last_connected_at is not None and (
+            self._clock.seconds() - self.last_connected_at >= self._options.stable_connection
+        ):
+            self.retry_policy.reset()
         if self._stopping:
             self.log.info("Relay {relay_url} closed for shutdown (code {code})",
                           relay_url=self.url, code=code)
@@ -247,10 +267,9 @@ class Relay:
                 reason=_short(reason),
             )
         # Unacknowledged events may never have reached the relay: send them again next time.
-        for event in reversed([*self._unacked.values(), *self._auth_retry.values()]):
-            self._queue.appendleft((self._clock.seconds(), event))
+        self._queue.extendleft(reversed([*self._unacked.values(), *self._auth_retry.values()]))
         self._trim_queue()
-        self._cancel_eose_timer()
+        self._cancel_timers()
         self._reset_connection_state()
         self._hub.relay_notify("relay_disconnected", self.url)
         closed, self._closed = self._closed, None
@@ -305,14 +324,20 @@ class Relay:
         if message.event_id == self._auth_event_id:
             self._on_auth_result(message)
             return
-        event = self._unacked.pop(message.event_id, None)
+        unacked = self._unacked.pop(message.event_id, None)
         prefix = messages.machine_prefix(message.message)
         if message.accepted or prefix == "duplicate":
             self.counters["ok"] += 1
             self._hub.relay_publish_result(self.url, message.event_id, True)
             return
-        if prefix == "auth-required" and event is not None and not self._authenticated:
-            self._auth_retry[message.event_id] = event
+        if prefix == "auth-required" and unacked is not None and not self._authenticated:
+            self._auth_retry[message.event_id] = unacked
+            if len(self._auth_retry) > self._options.publish_queue_limit:
+                # A relay that demands AUTH and never challenges must not grow this.
+                oldest = next(iter(self._auth_retry))
+                del self._auth_retry[oldest]
+                self.counters["queue_dropped"] += 1
+                self._hub.relay_publish_result(self.url, oldest, None)
             return
         self.counters["rejected"] += 1
         self._warn_limited(
@@ -351,7 +376,35 @@ class Relay:
                 subscription_id=sub_id,
                 message=_short(message.message),
             )
+            # The connection stays up, so no reconnect would ever ask again: without this a
+            # relay's "rate-limited:" or "error:" would leave its chunk of bunkers deaf.
+            self._closed_subs.setdefault(sub_id, self._clock.seconds())
+            self._schedule_resubscribe()
         self._update_subscribed()
+
+    def _schedule_resubscribe(self) -> None:
+        if self._resubscribe_timer is not None and self._resubscribe_timer.active():
+            return
+        delay = self._resubscribe_delay(self._resubscribe_failures)
+        self._resubscribe_failures += 1
+        self._resubscribe_timer = self._clock.callLater(delay, self._resubscribe_closed)
+
+    def _resubscribe_closed(self) -> None:
+        """REQ again what the relay closed and we still want, from when it was closed."""
+        self._resubscribe_timer = None
+        closed, self._closed_subs = self._closed_subs, {}
+        now = self._clock.seconds()
+        for sub_id, closed_at in sorted(closed.items()):
+            wanted = self._wanted.get(sub_id)
+            if wanted is None or sub_id in self._active:
+                continue
+            since = resume_since(
+                closed_at,
+                now,
+                skew=self._options.since_skew,
+                max_lookback=self._options.max_lookback,
+            )
+            self._req(sub_id, wanted, since)
 
     def _on_notice(self, message: messages.NoticeMessage) -> None:
         self._notify_message("notice")
@@ -414,8 +467,9 @@ class Relay:
             if sub_id in self._wanted:
                 self._req(sub_id, self._wanted[sub_id], self._since)
         waiting, self._auth_retry = self._auth_retry, {}
-        for event in waiting.values():
-            self._send_event(event)
+        for queued_at, event in waiting.values():
+            if not self._send_event(event, queued_at):
+                self._queue.append((queued_at, event))
 
     # -- us -> relay ------------------------------------------------------------------------
 
@@ -428,10 +482,10 @@ class Relay:
             self._eosed.discard(sub_id)
             self._arm_eose_timer()
 
-    def _send_event(self, event: dict[str, Any]) -> bool:
+    def _send_event(self, event: dict[str, Any], queued_at: float) -> bool:
         if not self._send(messages.encode_event(event)):
             return False
-        self._unacked[event["id"]] = event
+        self._unacked[event["id"]] = (queued_at, event)
         if len(self._unacked) > self._options.publish_queue_limit:
             # A relay that never answers OK must not grow this without bound.
             self._unacked.popitem(last=False)
@@ -453,7 +507,7 @@ class Relay:
             if now - enqueued_at > self._options.publish_queue_max_age:
                 self.counters["queue_expired"] += 1
                 self._hub.relay_publish_result(self.url, event["id"], None)
-            elif not self._send_event(event):
+            elif not self._send_event(event, enqueued_at):
                 self._queue.append((enqueued_at, event))
 
     # -- bookkeeping ------------------------------------------------------------------------
@@ -474,6 +528,13 @@ class Relay:
             self._subscribed = True
             self._hub.relay_notify("relay_subscribed", self.url)
         self._subscribed = subscribed
+
+    def _cancel_timers(self) -> None:
+        """Cancel the timers that belong to the current connection."""
+        self._cancel_eose_timer()
+        if self._resubscribe_timer is not None and self._resubscribe_timer.active():
+            self._resubscribe_timer.cancel()
+        self._resubscribe_timer = None
 
     def _arm_eose_timer(self) -> None:
         if self._eose_timer is None or not self._eose_timer.active():

@@ -4,10 +4,11 @@
 too early: a relay (or a proxy in front of it) that accepts TCP and then answers 429/503 would be
 re-dialled at the initial delay forever. So this policy keeps its own count of consecutive
 failures, ignoring ``ClientService``'s ``attempt`` argument, and only the relay's owner resets it,
-from ``onOpen``, i.e. after a successful ``101 Switching Protocols``. ``ClientService`` consults
-the policy exactly once per failed or lost connection, which is what makes counting calls
-correct. No ``prepareConnection`` is used: waiting on ``is_open`` there wedges the service when a
-relay drops before the handshake (see the style anchors, section 2.1).
+when a WebSocket connection that stayed up for a while ends (an upgrade that succeeds and is
+hung up at once, or a relay that keeps sending oversize frames, keeps backing off).
+``ClientService`` consults the policy exactly once per failed or lost connection, which is what
+makes counting calls correct. No ``prepareConnection`` is used: waiting on ``is_open`` there
+wedges the service when a relay drops before the handshake (see the style anchors, section 2.1).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from twisted.application.internet import backoffPolicy
 
 
 class WebSocketRetryPolicy:
-    """``retryPolicy`` callable: capped exponential backoff with jitter, reset on WS open."""
+    """``retryPolicy`` callable: capped exponential backoff with jitter, reset by the owner."""
 
     def __init__(
         self,
@@ -41,5 +42,6 @@ class WebSocketRetryPolicy:
         self._on_retry(self.failures, delay)
         return delay
 
-    def handshake_succeeded(self) -> None:
+    def reset(self) -> None:
+        """Start the backoff over: the last connection was a healthy one."""
         self.failures = 0
