@@ -9,7 +9,7 @@ import stat
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from twisted.internet.defer import Deferred
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from keycast_tw.nostr.keys import SecretKey
 from keycast_tw.store import rotation as rotation_module
@@ -35,6 +35,7 @@ from keycast_tw.store.runner import ConnectionRunner
 from tests.test_store_fixtures import add_authorization, add_user_key, new_cipher, new_database
 
 ROTATED_AT = 1_704_164_645.0  # 2024-01-02T03:04:05Z
+NOBODY = 65534
 
 
 class MasterKeyFileTests(SynchronousTestCase):
@@ -114,6 +115,55 @@ class MasterKeyFileTests(SynchronousTestCase):
         self.assertEqual(
             sorted(os.listdir(os.path.dirname(self.path))), ["master.key", "master.key.old"]
         )
+
+
+class KeyOwnerTests(SynchronousTestCase):
+    """A key file written for rotation takes the owner of the key it replaces."""
+
+    def setUp(self) -> None:
+        self.dir = self.mktemp()
+        os.makedirs(self.dir)
+        self.path = os.path.join(self.dir, "master.key")
+        self.chowns: list[tuple[int, int]] = []
+
+    def fake_fchown(self, error: OSError | None = None) -> None:
+        """Record os.fchown calls instead of making them (or fail them with ``error``)."""
+
+        def fchown(fd: int, uid: int, gid: int) -> None:
+            self.chowns.append((uid, gid))
+            if error is not None:
+                raise error
+
+        self.patch(os, "fchown", fchown)
+
+    def test_owner_given_before_the_name(self) -> None:
+        """Another owner is set with fchown on the still-unnamed file; the mode stays 0600."""
+        self.fake_fchown()
+        write_master_key_file(self.path, os.urandom(32), owner=(4242, 4343))
+        self.assertEqual(self.chowns, [(4242, 4343)])
+        self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o600)
+
+    def test_same_owner_needs_no_chown(self) -> None:
+        """A rotation run as the key's own user changes no ownership."""
+        self.fake_fchown()
+        write_master_key_file(self.path, os.urandom(32), owner=(os.getuid(), os.getgid()))
+        self.assertEqual(self.chowns, [])
+
+    def test_not_permitted_names_the_user_and_leaves_nothing(self) -> None:
+        """Without the right to give the file away, the error says whom to run as and no file
+        (named or temporary) is left."""
+        self.fake_fchown(PermissionError(1, "Operation not permitted"))
+        with self.assertRaises(MasterKeyError) as caught:
+            write_master_key_file(self.path, os.urandom(32), owner=(os.getuid() + 1, 0))
+        self.assertIn(f"run this as root or as uid {os.getuid() + 1}", str(caught.exception))
+        self.assertEqual(os.listdir(self.dir), [])
+
+    def test_group_not_permitted_for_the_same_user_is_let_go(self) -> None:
+        """Same uid, a group we may not set: the 0600 key is readable by its owner anyway."""
+        self.fake_fchown(PermissionError(1, "Operation not permitted"))
+        write_master_key_file(self.path, os.urandom(32), owner=(os.getuid(), os.getgid() + 1))
+        self.assertEqual(len(self.chowns), 1)
+        self.assertTrue(os.path.exists(self.path))
 
 
 class CipherTests(SynchronousTestCase):
@@ -348,6 +398,30 @@ class RotationTests(SynchronousTestCase):
             f"now encrypted under the NEW key in {self.key_path}.new", str(caught.exception)
         )
         self.assertIn("Operation not permitted", str(caught.exception))
+
+    def test_root_rotation_keeps_the_key_owner(self) -> None:
+        """Run as root on a key owned by another user (the systemd layout: keycast's key in
+        root's directory), the new key and the old key's copy keep that owner, mode 0600."""
+        if os.getuid() != 0:
+            raise SkipTest("needs root to chown a file to another user")
+        os.chown(self.key_path, NOBODY, NOBODY)
+        rotation = rotate_master_key_file(self.conn, self.key_path, now=lambda: ROTATED_AT)
+        for path in (self.key_path, rotation.old_key_path):
+            info = os.stat(path)
+            self.assertEqual((info.st_uid, info.st_gid), (NOBODY, NOBODY), path)
+            self.assertEqual(stat.S_IMODE(info.st_mode), 0o600, path)
+
+    def test_unwritable_key_directory_says_who_should_run_it(self) -> None:
+        """The service user cannot write root's key directory: the rotation refuses before
+        anything is written, and says to run it as root."""
+        self.patch(os, "access", lambda path, mode: False)
+        with self.assertRaises(MasterKeyError) as caught:
+            rotate_master_key_file(self.conn, self.key_path)
+        self.assertIn("root, with sudo, in the systemd layout", str(caught.exception))
+        self.assertEqual(
+            [name for name in os.listdir(os.path.dirname(self.key_path)) if "master" in name],
+            ["master.key"],
+        )
 
     def test_interrupted_rotation_is_explained(self) -> None:
         """DB rotated but key not renamed: the start error points at <path>.new."""

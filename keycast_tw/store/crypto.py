@@ -23,7 +23,7 @@ import sqlite3
 import stat
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -166,20 +166,28 @@ class MasterKeyFileExists(MasterKeyError):
     """``write_master_key_file(..., replace=False)`` found the file already there."""
 
 
-def write_master_key_file(path: str, key: bytes, *, replace: bool = True) -> None:
+def write_master_key_file(
+    path: str, key: bytes, *, replace: bool = True, owner: tuple[int, int] | None = None
+) -> None:
     """Write ``key`` to ``path`` durably: a 0600 temp file, fsync, rename, fsync the directory.
 
     A crash therefore leaves either the previous file or the whole new key under ``path``.
     ``replace=False`` never overwrites anything: the temp file is hard-linked to ``path``, which
     fails atomically (:class:`MasterKeyFileExists`) when ``path`` exists. Rotation relies on it,
     because an earlier key may be the only one that opens an old backup.
+
+    ``owner`` (uid, gid) is given to the file before it gets its name: rotation run as root
+    must leave a key the daemon's user (systemd's ``User=keycast``) can still read.
     """
     temp = f"{path}.tmp-{os.getpid()}"
     created = False
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         created = True
-        _write_private(fd, encode_master_key(key))
+        with os.fdopen(fd, "wb") as handle:
+            if owner is not None:
+                _give_owner(handle.fileno(), owner, path)
+            _write_private(handle, encode_master_key(key))
         _publish(temp, path, replace=replace)
         fsync_directory(os.path.dirname(os.path.abspath(path)))
     except OSError as error:
@@ -190,14 +198,35 @@ def write_master_key_file(path: str, key: bytes, *, replace: bool = True) -> Non
                 os.unlink(temp)
 
 
-def _write_private(fd: int, data: bytes) -> None:
-    """Write ``data`` to the new file ``fd`` with mode exactly 0600 (whatever the umask), then
-    fsync it, so the key is on disk before any name points at it."""
-    with os.fdopen(fd, "wb") as handle:
-        os.fchmod(handle.fileno(), 0o600)
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+def _give_owner(fd: int, owner: tuple[int, int], path: str) -> None:
+    """Make the open file ``fd`` (to become ``path``) belong to ``owner`` (uid, gid).
+
+    Nothing to do when it already does (a rotation run as the key's own user). Only root may
+    give a file away; anyone else gets an error naming the user to run as, except that a
+    group that cannot be set is let go when the uid matches: a 0600 file ignores its group.
+    """
+    uid, gid = owner
+    current = os.fstat(fd)
+    if (current.st_uid, current.st_gid) == owner:
+        return
+    try:
+        os.fchown(fd, uid, gid)
+    except PermissionError:
+        if current.st_uid == uid:
+            return
+        raise MasterKeyError(
+            f"cannot give {path} the owner of the current key (uid {uid}, gid {gid}); run"
+            f" this as root or as uid {uid}"
+        ) from None
+
+
+def _write_private(handle: BinaryIO, data: bytes) -> None:
+    """Write ``data`` to the new file with mode exactly 0600 (whatever the umask), then fsync
+    it, so the key is on disk before any name points at it."""
+    os.fchmod(handle.fileno(), 0o600)
+    handle.write(data)
+    handle.flush()
+    os.fsync(handle.fileno())
 
 
 def _publish(temp: str, path: str, *, replace: bool) -> None:

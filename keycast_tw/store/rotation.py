@@ -9,6 +9,8 @@ the database or one of its backups:
 3. one transaction re-encrypts user keys, bunker keys, the relay identity, queued connect
    secrets and key_check, then commits;
 4. ``<path>.new`` is renamed over ``<path>`` (atomic, directory fsynced).
+Both new files get the current key file's owner and group, so that a rotation run as root
+(the systemd layout: the key's directory is root's) leaves a key the daemon's user can read.
 A failure before the commit removes the two new files (the database still uses ``<path>``).
 A crash or failure after it leaves the database under the key in ``<path>.new``; the error
 says so, and start-up says "master key does not match this database; a rotation was
@@ -137,17 +139,18 @@ def rotate_master_key_file(
     """Rotate the file master key at ``path`` (see the module docstring for the order)."""
     old_cipher = open_file_cipher(conn, path)
     old_key = read_master_key_file(path)
+    owner = _owner_of(path)
     new_key = generate_master_key()
     new_cipher = SecretCipher(new_key)
     staged = f"{path}.new"
     try:
-        write_master_key_file(staged, new_key, replace=False)
+        write_master_key_file(staged, new_key, replace=False, owner=owner)
     except MasterKeyFileExists:
         raise MasterKeyError(
             f"{staged} exists (an interrupted rotation?); check which key opens the database"
         ) from None
     try:
-        kept = _keep_old_key(path, old_key, now())
+        kept = _keep_old_key(path, old_key, now(), owner)
     except BaseException:
         _remove(staged)
         raise
@@ -168,12 +171,26 @@ def old_key_name(path: str, when: float, attempt: int = 1) -> str:
     return f"{path}.old-{stamp}" if attempt == 1 else f"{path}.old-{stamp}-{attempt}"
 
 
-def _keep_old_key(path: str, old_key: bytes, when: float) -> str:
+def _owner_of(path: str) -> tuple[int, int]:
+    """The key file's (uid, gid), which the new key and the old key's copy get too, and a
+    clear refusal when its directory is not writable (the usual mistake: rotating as the
+    service user in the systemd layout, where the key sits in root's /opt/keycast)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.access(directory, os.W_OK):
+        raise MasterKeyError(
+            f"cannot write to {directory}, where the new key and a copy of the old one go: run"
+            " rotate-master-key as a user who can (root, with sudo, in the systemd layout)"
+        )
+    info = os.stat(path)
+    return info.st_uid, info.st_gid
+
+
+def _keep_old_key(path: str, old_key: bytes, when: float, owner: tuple[int, int]) -> str:
     """Copy the retiring key under a name no earlier rotation used; its path."""
     for attempt in range(1, _OLD_KEY_ATTEMPTS + 1):
         kept = old_key_name(path, when, attempt)
         try:
-            write_master_key_file(kept, old_key, replace=False)
+            write_master_key_file(kept, old_key, replace=False, owner=owner)
         except MasterKeyFileExists:
             continue
         return kept
