@@ -180,6 +180,44 @@ class ReloadTests(LoaderTestBase):
         _, (auth,), _ = self.loader.reload(self.conn, self.seq, NOW)
         self.assertEqual(auth.user_pubkey, bob.pubkey_hex)
 
+    def test_user_key_shared_with_new_authorizations(self) -> None:
+        """A new authorization of a loaded user shares the cached (maybe decrypted) user key."""
+        (loaded,) = self.loader.load_all(self.conn, NOW).authorizations
+        add_authorization(self.conn, self.cipher, self.key_id)
+        _, (added,), _ = self.loader.reload(self.conn, self.seq, NOW)
+        self.assertIs(added.user_key, loaded.user_key)
+
+    def test_reused_user_key_id_gets_the_new_key(self) -> None:
+        """SQLite gives a deleted user key's id to the next key: the authorization of the new
+        key signs with the new key, not the deleted one cached under the same id."""
+        bob_id, _ = add_user_key(self.conn, self.cipher, "bob")
+        bobs, _ = add_authorization(self.conn, self.cipher, bob_id)
+        seq = self.loader.reload(self.conn, self.seq, NOW).new_seq
+        self.conn.execute("DELETE FROM authorizations WHERE id = ?", (bobs,))
+        self.conn.execute("DELETE FROM user_keys WHERE id = ?", (bob_id,))
+        self.conn.commit()
+        carol_id, carol = add_user_key(self.conn, self.cipher, "carol")
+        self.assertEqual(carol_id, bob_id)
+        carols, _ = add_authorization(self.conn, self.cipher, carol_id)
+        _, (auth,), _ = self.loader.reload(self.conn, seq, NOW)
+        self.assertEqual(auth.id, carols)
+        self.assertEqual(auth.user_pubkey, carol.pubkey_hex)
+        self.assertEqual(auth.user_key.secret_key().pubkey_hex, carol.pubkey_hex)
+
+    def test_deleted_user_key_not_served_from_cache(self) -> None:
+        """A user key deleted by hand (foreign keys off, as in the sqlite3 shell) is gone for
+        the changed rows that still name it."""
+        self.conn.execute("PRAGMA foreign_keys = OFF")
+        self.conn.execute("DELETE FROM user_keys WHERE id = ?", (self.key_id,))
+        self.conn.execute("UPDATE authorizations SET label = 'x' WHERE id = ?", (self.auth_id,))
+        self.conn.commit()
+        _, upserts, removals = self.loader.reload(self.conn, self.seq, NOW)
+        self.assertEqual((upserts, removals), ([], [self.auth_id]))
+        self.assertIn(
+            f"Skipping authorization {self.auth_id}: user key {self.key_id} does not exist",
+            self.errors(),
+        )
+
 
 class WrongTypeTests(LoaderTestBase):
     """SQLite keeps whatever a hand edit writes: a wrong type costs its row, never the load."""

@@ -129,3 +129,24 @@ class WrongTypeTests(ServiceTestBase):
         self.clock.advance(RELOAD)
         self.assertIsNone(service.last_reload.error)
         self.assertEqual(self.revoked_at(good), NOW)
+
+
+class ReusedUserKeyIdTests(ServiceTestBase):
+    def test_new_user_signs_with_own_key(self) -> None:
+        """The reviewer's scenario: bob is revoked and deleted by hand, carol gets bob's id;
+        after one reload carol's authorization signs with carol's key."""
+        bob_id, bob = add_user_key(self.conn, self.cipher, "bob")
+        bobs, _ = add_authorization(self.conn, self.cipher, bob_id)
+        self.start()
+        self.revoke(bobs)
+        self.clock.advance(RELOAD)
+        self.edit("DELETE FROM authorizations WHERE user_key_id = ?", bob_id)
+        self.edit("DELETE FROM user_keys WHERE id = ?", bob_id)
+        carol_id, carol = add_user_key(self.conn, self.cipher, "carol")
+        self.assertEqual(carol_id, bob_id)
+        carols, _ = add_authorization(self.conn, self.cipher, carol_id)
+        self.clock.advance(RELOAD)
+        auth = self.registry.by_id(carols)
+        assert auth is not None
+        self.assertEqual(auth.user_key.secret_key().pubkey_hex, carol.pubkey_hex)
+        self.assertNotEqual(auth.user_pubkey, bob.pubkey_hex)

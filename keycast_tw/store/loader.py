@@ -185,16 +185,7 @@ class AuthorizationLoader:
                 (since_seq,),
             ).fetchall()
             live = [row for row in rows if _kept(row, now - self.refusal_grace)]
-            missing_keys = {
-                row[2] for row in live if _is_int(row[2]) and row[2] not in self._user_keys
-            }
-            for chunk in _chunks(sorted(missing_keys)):
-                self._read_user_keys(
-                    conn.execute(
-                        f"{_SELECT_USER_KEYS} WHERE id IN ({_marks(chunk)})",
-                        chunk,
-                    )
-                )
+            self._refresh_user_keys(conn, sorted({row[2] for row in live if _is_int(row[2])}))
             policy_ids = sorted({row[7] for row in live if _is_int(row[7])})
             for chunk in _chunks(policy_ids):
                 for policy_id in chunk:
@@ -307,9 +298,32 @@ class AuthorizationLoader:
             self._relays[text] = relays
         return relays
 
+    def _refresh_user_keys(self, conn: sqlite3.Connection, key_ids: Sequence[int]) -> None:
+        """Re-read the user keys that changed rows name, not only those missing from the cache.
+
+        user_keys.id has no AUTOINCREMENT: after a key is deleted by hand, SQLite gives its id
+        to the next key, and a cache keyed by id alone would sign the new user's requests with
+        the deleted user's key. Few ids per reload, so this costs little.
+        """
+        for chunk in _chunks(key_ids):
+            rows = conn.execute(
+                f"{_SELECT_USER_KEYS} WHERE id IN ({_marks(chunk)})", chunk
+            ).fetchall()
+            self._read_user_keys(rows)
+            for key_id in set(chunk).difference(row[0] for row in rows):
+                self._user_keys.pop(key_id, None)  # deleted: "user key N does not exist"
+
     def _read_user_keys(self, cursor: Iterable[Sequence[Any]]) -> None:
+        """Cache the rows' user keys.
+
+        A cached key whose pubkey is the row's is kept: it is the same secret, possibly already
+        decrypted and shared by loaded authorizations (and, after a master key rotation, its old
+        blob still opens with the old cipher it holds).
+        """
         for key_id, pubkey, blob in cursor:
-            self._user_keys[key_id] = self._user_key(pubkey, blob)
+            cached = self._user_keys.get(key_id)
+            if cached is None or isinstance(cached, _Unusable) or cached.pubkey != pubkey:
+                self._user_keys[key_id] = self._user_key(pubkey, blob)
 
     def _user_key(self, pubkey: object, blob: object) -> KeySource | _Unusable:
         """A LazyKey for a user_keys row, or why the row cannot be one (checked, not assumed:
