@@ -10,6 +10,7 @@ import errno
 import os
 import select
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -244,6 +245,98 @@ class InstanceLockTests(SynchronousTestCase):
         whole = acquire_instance_lock(self.database)
         self.addCleanup(whole.release)
         self.assertRaises(InstanceLockError, acquire_instance_lock, self.database, (0, 2))
+
+
+class InstanceLockPathTests(SynchronousTestCase):
+    """One database reached by several paths is still locked once."""
+
+    def setUp(self) -> None:
+        self.root = Path(self.mktemp()).resolve()
+        (self.root / "real").mkdir(parents=True)
+        (self.root / "other").mkdir()
+        self.database = str(self.root / "real" / "keycast.db")
+        conn = sqlite3.connect(self.database)
+        conn.execute("CREATE TABLE t (x)")
+        conn.commit()
+        conn.close()
+
+    def hold(self, path: str, shard: tuple[int, int] | None = None) -> None:
+        lock = acquire_instance_lock(path, shard)
+        self.addCleanup(lock.release)
+
+    def test_symlinked_file_refused(self) -> None:
+        """A second daemon through a symlink to the database file finds the same lock file,
+        and the refusal names both paths and the holder."""
+        link = self.root / "other" / "link.db"
+        link.symlink_to(self.database)
+        self.hold(self.database)
+        self.assertEqual(lock_path_for(str(link)), lock_path_for(self.database))
+        with self.assertRaises(InstanceLockError) as raised:
+            acquire_instance_lock(str(link))
+        self.assertEqual(
+            str(raised.exception),
+            f"another keycast daemon is already running on {link} (= {self.database})"
+            f" (pid {os.getpid()})",
+        )
+
+    def test_symlinked_directory_refused(self) -> None:
+        """The same through a symlinked directory, first the link then the real path."""
+        directory = self.root / "linked"
+        directory.symlink_to(self.root / "real")
+        self.hold(str(directory / "keycast.db"))
+        self.assertRaises(InstanceLockError, acquire_instance_lock, self.database)
+
+    def test_hard_link_refused(self) -> None:
+        """A hard link is the same inode under another name: the database file's own flock
+        refuses the second daemon though the lock files differ."""
+        link = self.root / "other" / "keycast.db"
+        os.link(self.database, link)
+        self.hold(self.database)
+        self.assertNotEqual(lock_path_for(str(link)), lock_path_for(self.database))
+        with self.assertRaises(InstanceLockError) as raised:
+            acquire_instance_lock(str(link))
+        self.assertIn("reached through another path", str(raised.exception))
+
+    def test_hard_link_shards_and_whole(self) -> None:
+        """Sharded daemons share the database file's lock; an unsharded one through a hard link
+        is refused beside them, and they beside it."""
+        link = str(self.root / "other" / "keycast.db")
+        os.link(self.database, link)
+        self.hold(self.database, (0, 2))
+        self.hold(link, (1, 2))
+        self.assertRaises(InstanceLockError, acquire_instance_lock, link)
+        whole_dir = self.root / "third"
+        whole_dir.mkdir()
+        os.link(self.database, whole_dir / "keycast.db")
+        self.assertRaises(InstanceLockError, acquire_instance_lock, str(whole_dir / "keycast.db"))
+
+    def test_refusal_releases_what_it_took(self) -> None:
+        """A refusal on the database file leaves the lock file of the refused path unlocked."""
+        link = str(self.root / "other" / "keycast.db")
+        os.link(self.database, link)
+        first = acquire_instance_lock(self.database)
+        self.assertRaises(InstanceLockError, acquire_instance_lock, link)
+        first.release()
+        acquire_instance_lock(link).release()
+
+    def test_sqlite_unaffected_by_the_lock(self) -> None:
+        """Another process writes the database while a daemon holds the lock (flock and SQLite's
+        fcntl locks are independent), and the lock never writes into the database file."""
+        with open(self.database, "rb") as handle:
+            before = handle.read()
+        lock = acquire_instance_lock(self.database)
+        self.addCleanup(lock.release)
+        with open(self.database, "rb") as handle:
+            self.assertEqual(handle.read(), before)
+        script = (
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], timeout=0);"
+            " c.execute('INSERT INTO t VALUES (1)'); c.commit(); print('written')"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", script, self.database],
+            capture_output=True, text=True, timeout=WAIT,
+        )  # fmt: skip
+        self.assertEqual(result.stdout.strip(), "written", result.stderr)
 
 
 @implementer(IReactorCore, IReactorFromThreads)
