@@ -48,6 +48,24 @@ class PolicyEnforcementTests(SynchronousTestCase):
         self.assertEqual(response.error, "blocked by content_filter policy")
         self.assertIsNotNone(world.call(client, "nip44_encrypt", [third, "dinner"])[1].result)
 
+    def test_content_filter_bypasses_are_blocked(self) -> None:
+        """The reviewer's bypasses, end to end: a word in a tag, in a JSON escape of kind 0
+        content, or split by a soft hyphen is blocked; the event is not signed."""
+        world = world_with(self, ("content_filter", {"blocked_words": ["spam"]}))
+        client = world.connected_client()
+        for template in (
+            {"kind": 1, "content": "hello", "tags": [["subject", "spam"], ["t", "spam"]]},
+            {"kind": 0, "content": '{"about":"\\u0073pam"}', "tags": []},
+            {"kind": 1, "content": "sp\u00adam", "tags": []},
+        ):
+            outcome, response = world.call(client, "sign_event", [orjson.dumps(template).decode()])
+            self.assertEqual(
+                (response.result, response.error), ("error", "blocked by content_filter policy")
+            )
+            self.assertEqual(outcome.outcome, "error")
+            self.assertIsNone(world.store.activity[-1].event_id)
+        self.assertIsNone(self.sign(world, client, 1, "hello")[1].error)
+
     def test_encrypt_to_self_uses_user_pubkey(self) -> None:
         """encrypt_to_self allows the USER's pubkey as third party, not the client's."""
         world = world_with(self, ("encrypt_to_self", {}))

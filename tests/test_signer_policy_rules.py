@@ -11,6 +11,7 @@ from keycast_tw.signer.policy import check_decrypt, check_encrypt, check_sign
 
 USER = "a" * 64
 OTHER = "b" * 64
+BLOCKED = "blocked by content_filter policy"
 
 
 def policy(*permissions: tuple[str, dict[str, Any]]) -> Policy:
@@ -40,6 +41,65 @@ class SignTests(SynchronousTestCase):
     def test_content_filter_ignores_empty_words(self) -> None:
         """An empty blocked word does not block every text."""
         self.assertIsNone(check_sign(policy(("content_filter", {"blocked_words": [""]})), 1, "hi"))
+
+    def test_content_filter_checks_tag_values(self) -> None:
+        """Tag values are shown by clients (subject, hashtags, alt), so they are checked too;
+        tag names and 64-hex ids and pubkeys (where "dead" may occur by chance) are not."""
+        p = policy(("content_filter", {"blocked_words": ["spam", "dead"]}))
+        for tags in ([["subject", "Buy SPAM"]], [["t", "x"], ["t", "spam"]], [["alt", "dead"]]):
+            self.assertEqual(check_sign(p, 1, "hello", tags), BLOCKED, tags)
+        hex_id = "dead" + "0" * 60
+        self.assertIsNone(check_sign(p, 1, "hello", [["e", hex_id], ["p", hex_id], ["spam"]]))
+
+    def test_content_filter_reads_json_content(self) -> None:
+        """JSON content (kind 0 metadata, a kind 6 repost) is also checked as a client shows
+        it: decoded, so an escape like \u0073 hides nothing, even beside a lone surrogate or a
+        number Python would not parse."""
+        p = policy(("content_filter", {"blocked_words": ["spam"]}))
+        for kind, content in (
+            (0, '{"about":"\\u0073pam"}'),
+            (0, '{"name":"\\ud800","about":"\\u0073pam"}'),
+            (0, '{"n":' + "1" * 5000 + ',"about":"\\u0073pam"}'),
+            (0, '"\\u0073pam"'),
+            (6, ' \n{"kind":1,"content":"\\u0073pam","tags":[["t","x"]]}'),
+            (1, '["\\u0073pam"]'),
+        ):
+            self.assertEqual(check_sign(p, kind, content), BLOCKED, content[:40])
+        self.assertIsNone(check_sign(p, 0, '{"about":"hello"}'))
+        self.assertIsNone(check_sign(p, 1, '"\\u0073pam"'))  # not an object or array: plain text
+        self.assertIsNone(check_sign(p, 0, '{"\\u0073pam":"x"}'))  # keys are not shown
+
+    def test_content_filter_refuses_json_too_deep_to_read(self) -> None:
+        """JSON nested deeper than the parser goes cannot be checked, so it is refused (fail
+        closed) when there are words to look for; text that is not JSON is checked as text."""
+        p = policy(("content_filter", {"blocked_words": ["spam"]}))
+        deep = "[" * 100_000 + "]" * 100_000
+        self.assertEqual(check_sign(p, 0, deep), BLOCKED)
+        self.assertIsNone(check_sign(policy(("content_filter", {"blocked_words": []})), 0, deep))
+        self.assertIsNone(check_sign(p, 0, '{"about":"\\u0073pam"'))  # no client can read it
+
+    def test_content_filter_normalises_text(self) -> None:
+        """Invisible characters, compatibility forms and case do not hide a word, in events and
+        in plaintexts to encrypt; blocked words are normalised the same way."""
+        p = policy(("content_filter", {"blocked_words": ["spam", "ｆｉｌｅ"]}))
+        for text in (
+            "sp\u00adam",  # soft hyphen
+            "s\u200bpam",  # zero-width space
+            "S\u2060P\u200dA\ufe0fM",  # word joiner, zero-width joiner, variation selector
+            "sp\U000e0041am",  # tag character
+            "ＳＰＡＭ",  # full-width
+            "\ufb01le",  # "fi" ligature
+            "spa\u034fm",  # combining grapheme joiner
+        ):
+            self.assertEqual(check_sign(p, 1, f"buy {text} now"), BLOCKED, ascii(text))
+            self.assertEqual(check_sign(p, 1, "x", [["t", text]]), BLOCKED, ascii(text))
+            self.assertEqual(check_encrypt(p, text, USER, OTHER), BLOCKED, ascii(text))
+        self.assertIsNone(check_sign(p, 1, "spa m, sp-am, fil e"))
+
+    def test_content_filter_ignores_invisible_words(self) -> None:
+        """A word that normalises to nothing (a lone soft hyphen) blocks nothing, like ""."""
+        p = policy(("content_filter", {"blocked_words": ["\u00ad", "\u200b"]}))
+        self.assertIsNone(check_sign(p, 1, "hello\u00ad\u200b"))
 
     def test_decrypt_only_signs_relay_auth_only(self) -> None:
         """decrypt_only signs kind 22242 (NIP-42 AUTH) and nothing else."""

@@ -97,7 +97,7 @@ def sign_event(
     pubkey = template.get("pubkey")
     if pubkey not in (None, "") and pubkey != user.pubkey:
         raise Refused("sign_event: pubkey is not the signer's user key")
-    denial = check_sign(policy, kind, content)
+    denial = check_sign(policy, kind, content, tags)
     if denial is not None:
         raise Refused(denial)
     try:
