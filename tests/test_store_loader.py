@@ -11,9 +11,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from keycast_tw.signer.model import OAUTH, REGULAR, Authorization, KeyUnavailable, LazyKey
 from keycast_tw.signer.registry import Registry
-from keycast_tw.store.crypto import SecretCipher
+from keycast_tw.store.crypto import KIND_FILE, SecretCipher, record_key_info
 from keycast_tw.store.expiry import ExpiryQueue
-from keycast_tw.store.loader import AuthorizationLoader
+from keycast_tw.store.loader import AuthorizationLoader, MasterKeyRotated
+from keycast_tw.store.rotation import rotate_master_key
 from tests.test_store_fixtures import (
     NOW,
     add_authorization,
@@ -217,6 +218,38 @@ class ReloadTests(LoaderTestBase):
             f"Skipping authorization {self.auth_id}: user key {self.key_id} does not exist",
             self.errors(),
         )
+
+
+class RotatedKeyTests(LoaderTestBase):
+    """The database re-keyed under the loader (`keycast rotate-master-key` while it runs)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        record_key_info(self.conn, self.cipher, kind=KIND_FILE)
+        self.auth_id, _ = add_authorization(self.conn, self.cipher, self.key_id)
+        self.seq = self.loader.load_all(self.conn, NOW).seq
+        self.new = new_cipher()
+        rotate_master_key(self.conn, self.cipher, self.new)
+
+    def test_refused_without_a_matching_key(self) -> None:
+        """Without a candidate, or with one that does not match, nothing is built: the loader
+        raises MasterKeyRotated and keeps its key."""
+        for candidate in (None, new_cipher()):
+            with self.assertRaises(MasterKeyRotated):
+                self.loader.reload(self.conn, self.seq, NOW, candidate)
+            with self.assertRaises(MasterKeyRotated):
+                self.loader.load_all(self.conn, NOW, candidate)
+        self.assertIs(self.loader.cipher, self.cipher)
+
+    def test_matching_candidate_adopted(self) -> None:
+        """The matching candidate becomes the loader's key; keys built from then on decrypt."""
+        self.conn.execute("UPDATE authorizations SET label = 'x' WHERE id = ?", (self.auth_id,))
+        self.conn.commit()
+        _, (auth,), _ = self.loader.reload(self.conn, self.seq, NOW, self.new)
+        self.assertIs(self.loader.cipher, self.new)
+        self.assertEqual(auth.bunker_key.secret_key().pubkey_hex, auth.bunker_pubkey)
+        (auth,) = self.loader.load_all(self.conn, NOW).authorizations
+        self.assertEqual(auth.user_key.secret_key().pubkey_hex, self.user.pubkey_hex)
 
 
 class WrongTypeTests(LoaderTestBase):

@@ -7,16 +7,33 @@ import os
 import sqlite3
 from typing import Any
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from keycast_tw.signer.model import Authorization
 from keycast_tw.signer.registry import Registry
-from keycast_tw.store.crypto import create_master_key_file, open_file_cipher
+from keycast_tw.store.crypto import (
+    KIND_KMS,
+    SecretCipher,
+    create_master_key_file,
+    generate_master_key,
+    open_file_cipher,
+    write_master_key_file,
+)
+from keycast_tw.store.db import open_database
+from keycast_tw.store.rotation import rotate_master_key, rotate_master_key_file
 from keycast_tw.store.runner import ConnectionRunner
 from keycast_tw.store.service import StoreService
-from tests.test_store_fixtures import NOW, add_authorization, add_user_key, new_database
+from tests.test_store_fixtures import (
+    NOW,
+    add_authorization,
+    add_user_key,
+    new_cipher,
+    new_database,
+)
 
 RELOAD = 0.5
 
@@ -61,6 +78,12 @@ class ServiceTestBase(SynchronousTestCase):
         conn = self.other_connection()
         conn.execute(query, params)
         conn.commit()
+
+    def cli_connection(self) -> sqlite3.Connection:
+        """A second connection opened like the CLI's (`keycast rotate-master-key`)."""
+        conn = open_database(self.db_path)
+        self.addCleanup(conn.close)
+        return conn
 
     def errors(self) -> list[str]:
         return [formatEvent(e) for e in self.logged if e["log_level"] == LogLevel.error]
@@ -150,3 +173,177 @@ class ReusedUserKeyIdTests(ServiceTestBase):
         assert auth is not None
         self.assertEqual(auth.user_key.secret_key().pubkey_hex, carol.pubkey_hex)
         self.assertNotEqual(auth.user_pubkey, bob.pubkey_hex)
+
+
+def assert_decrypts(case: SynchronousTestCase, auth: Authorization | None) -> None:
+    """Both keys of ``auth`` decrypt to their pubkeys (else KeyUnavailable is raised)."""
+    assert auth is not None
+    case.assertEqual(auth.bunker_key.secret_key().pubkey_hex, auth.bunker_pubkey)
+    case.assertEqual(auth.user_key.secret_key().pubkey_hex, auth.user_pubkey)
+
+
+class FileKeyRotationTests(ServiceTestBase):
+    """`keycast rotate-master-key` through another connection while the daemon runs."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.first, _ = add_authorization(self.conn, self.cipher, self.key_id)
+        self.same_key, _ = add_authorization(
+            self.conn, self.cipher, self.key_id, same_key_pubkey=self.alice.pubkey_hex
+        )
+
+    def rotated_cipher(self) -> SecretCipher:
+        """Rotate like the CLI does and return the new key's cipher."""
+        conn = self.cli_connection()
+        rotate_master_key_file(conn, self.key_path)
+        return open_file_cipher(conn, self.key_path)
+
+    def assert_switched(self, service: StoreService, before: SecretCipher | None) -> None:
+        """The service uses another key now, and said so once."""
+        self.assertIsNot(service.cipher, before)
+        lines = [formatEvent(e) for e in self.logged]
+        self.assertEqual(sum("The master key was rotated" in line for line in lines), 1)
+
+    def test_reconcile_after_rotation(self) -> None:
+        """The hourly reconcile after a rotation builds every key with the new key."""
+        service = self.start(reload_interval=None)
+        before = service.cipher
+        self.rotated_cipher()
+        info = self.successResultOf(service.reconcile())
+        self.assertIsNone(info.error)
+        self.assertEqual(len(self.registry), 2)
+        for auth in self.registry:
+            assert_decrypts(self, auth)
+        self.assert_switched(service, before)
+
+    def test_reload_after_rotation(self) -> None:
+        """New and changed rows after a rotation decrypt; rows not changed are not rebuilt."""
+        service = self.start()
+        before = service.cipher
+        untouched = self.registry.by_id(self.same_key)
+        new_cipher = self.rotated_cipher()
+        self.edit("UPDATE authorizations SET label = 'renamed' WHERE id = ?", self.first)
+        added, _ = add_authorization(self.conn, new_cipher, self.key_id)
+        dave_id, _ = add_user_key(self.conn, new_cipher, "dave")
+        daves, _ = add_authorization(self.conn, new_cipher, dave_id)
+        self.clock.advance(RELOAD)
+        assert service.last_reload is not None
+        self.assertIsNone(service.last_reload.error)
+        for auth_id in (self.first, added, daves, self.same_key):
+            assert_decrypts(self, self.registry.by_id(auth_id))
+        self.assertIs(self.registry.by_id(self.same_key), untouched)
+        self.assert_switched(service, before)
+
+    def test_key_file_not_matching(self) -> None:
+        """A database re-keyed under a key the daemon's file does not hold: the reload fails
+        with one ERROR line and the registry as it was; once the file holds the key, the next
+        reload applies what changed meanwhile."""
+        service = self.start()
+        cipher = service.cipher
+        before = self.registry.by_id(self.first)
+        new_key = generate_master_key()
+        rotate_master_key(self.cli_connection(), self.cipher, SecretCipher(new_key))
+        self.revoke(self.first)
+        for _ in range(4):
+            self.clock.advance(RELOAD)
+        message = (
+            f"master key was rotated and the key file {self.key_path} does not match;"
+            " restart with the new key"
+        )
+        assert service.last_reload is not None
+        self.assertEqual(service.last_reload.error, message)
+        self.assertEqual(self.errors(), [f"Reload failed: {message}"])
+        self.assertIs(self.registry.by_id(self.first), before)
+        self.assertIs(service.cipher, cipher)
+        write_master_key_file(self.key_path, new_key)
+        self.clock.advance(RELOAD)
+        self.assertIsNone(service.last_reload.error)
+        self.assertEqual(self.revoked_at(self.first), NOW)
+        self.assert_switched(service, cipher)
+
+
+class FakeKms:
+    """Cloud KMS in memory: wrapping is a lookup table; ``hold`` keeps decrypts pending."""
+
+    def __init__(self) -> None:
+        self._keys: dict[bytes, bytes] = {}
+        self.decrypts = 0
+        self.hold = False
+        self.held: list[Deferred[bytes]] = []
+
+    def wrap(self, plaintext: bytes) -> bytes:
+        wrapped = os.urandom(16)
+        self._keys[wrapped] = plaintext
+        return wrapped
+
+    def encrypt(self, plaintext: bytes) -> Deferred[bytes]:
+        return succeed(self.wrap(plaintext))
+
+    def decrypt(self, ciphertext: bytes) -> Deferred[bytes]:
+        self.decrypts += 1
+        if not self.hold:
+            return succeed(self._keys[ciphertext])
+        d: Deferred[bytes] = Deferred()
+        d.addCallback(lambda _: self._keys[ciphertext])
+        self.held.append(d)
+        return d
+
+
+class KmsRotationTests(ServiceTestBase):
+    """A database under a KMS-wrapped data key, re-keyed while the daemon runs."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.db_path, self.conn = new_database(self.mktemp())
+        self.kms = FakeKms()
+        self.service = self.start(kms=self.kms, master_key_path=None)
+        assert self.service.cipher is not None
+        self.cipher = self.service.cipher
+        self.key_id, self.alice = add_user_key(self.conn, self.cipher, "alice")
+        self.first, _ = add_authorization(self.conn, self.cipher, self.key_id)
+        self.clock.advance(RELOAD)
+
+    def rotate(self) -> SecretCipher:
+        new_key = generate_master_key()
+        rotate_master_key(
+            self.cli_connection(),
+            self.cipher,
+            SecretCipher(new_key),
+            kind=KIND_KMS,
+            wrapped_data_key=self.kms.wrap(new_key),
+        )
+        return SecretCipher(new_key)
+
+    def test_new_data_key_from_kms(self) -> None:
+        """The daemon asks Cloud KMS for the new wrapped data key, off the database thread:
+        until KMS answers, the registry is as it was; then the change is applied."""
+        before = self.registry.by_id(self.first)
+        new_cipher = self.rotate()
+        added, _ = add_authorization(self.conn, new_cipher, self.key_id)
+        self.kms.hold = True
+        self.clock.advance(RELOAD)
+        self.assertEqual(len(self.kms.held), 1)
+        self.assertIsNone(self.registry.by_id(added))
+        self.kms.held.pop().callback(None)
+        for auth_id in (self.first, added):
+            assert_decrypts(self, self.registry.by_id(auth_id))
+        self.assertIs(self.registry.by_id(self.first), before)
+        self.assertIsNot(self.service.cipher, self.cipher)
+        self.assertEqual(self.kms.decrypts, 1)
+
+    def test_wrapped_key_not_matching(self) -> None:
+        """A wrapped key that unwraps to another key fails the reload with the KMS message."""
+        rotate_master_key(
+            self.cli_connection(),
+            self.cipher,
+            new_cipher(),
+            kind=KIND_KMS,
+            wrapped_data_key=self.kms.wrap(generate_master_key()),
+        )
+        self.clock.advance(RELOAD)
+        assert self.service.last_reload is not None
+        self.assertEqual(
+            self.service.last_reload.error,
+            "master key was rotated and Cloud KMS gave no matching data key; restart the daemon",
+        )
+        assert_decrypts(self, self.registry.by_id(self.first))

@@ -34,6 +34,7 @@ from keycast_tw.signer.model import (
     Policy,
 )
 from keycast_tw.store.crypto import SecretCipher, bunker_key_aad, user_key_aad
+from keycast_tw.store.errors import MasterKeyError
 
 _AUTH_COLUMNS = (
     "id, kind, user_key_id, bunker_pubkey, bunker_secret_ciphertext, secret_hash, relays,"
@@ -94,6 +95,15 @@ class ReloadResult(NamedTuple):
     removals: list[int]
 
 
+class MasterKeyRotated(MasterKeyError):
+    """This snapshot's key_check is not the loader's key (nor the candidate's, if one was given).
+
+    `keycast rotate-master-key` re-encrypts every blob under a running daemon, without bumping
+    change_seq. Raised before anything is built, so the registry stays as it is; StoreService
+    then obtains the key the configuration gives now and runs the call again with it.
+    """
+
+
 class _Skip(Exception):
     """This row cannot be served; the message says why (no secrets)."""
 
@@ -124,18 +134,23 @@ class AuthorizationLoader:
         self._policies: dict[int, Policy | _Unusable] = {}
         self._relays: dict[str, tuple[str, ...]] = {}
         self._logged_skips = 0
+        self._verified_key_check: bytes | None = None
 
-    def load_all(self, conn: sqlite3.Connection, now: int) -> LoadResult:
+    def load_all(
+        self, conn: sqlite3.Connection, now: int, candidate: SecretCipher | None = None
+    ) -> LoadResult:
         """Every authorization to serve or to refuse, and the change_seq they reflect.
 
         Revoked and expired ones stay for ``refusal_grace`` seconds, so that their clients get
         an "authorization revoked/expired" error reply instead of silence (the engine checks
         liveness per request); after that they are dropped and their pubkey unsubscribed.
+        ``candidate``: a new master key to switch to if the database was re-keyed (rotation).
         """
         self.skipped = 0
         self._logged_skips = 0
         self._relays = {}
         with _read_snapshot(conn):
+            self._use_matching_key(conn, candidate)
             seq = _counter(conn)
             self._user_keys = {}
             self._read_user_keys(conn.execute(_SELECT_USER_KEYS))
@@ -166,16 +181,25 @@ class AuthorizationLoader:
         self._summarise_skips()
         return LoadResult(auths, seq, self.skipped)
 
-    def reload(self, conn: sqlite3.Connection, since_seq: int, now: int) -> ReloadResult:
+    def reload(
+        self,
+        conn: sqlite3.Connection,
+        since_seq: int,
+        now: int,
+        candidate: SecretCipher | None = None,
+    ) -> ReloadResult:
         """What changed after ``since_seq``: O(changes) through the change_seq index.
 
         Rows revoked or expired for longer than the refusal grace, and rows that can no longer
         be served, become removals; recently revoked ones are upserts the engine refuses.
         Policies of changed rows are re-read, so a permission change takes effect.
+        The master key is checked even when nothing changed, so a rotation that left the
+        daemon without a matching key shows at once, not at the next change.
         """
         self.skipped = 0
         self._logged_skips = 0
         with _read_snapshot(conn):
+            self._use_matching_key(conn, candidate)
             seq = _counter(conn)
             if seq <= since_seq:
                 return ReloadResult(since_seq, [], [])
@@ -216,6 +240,25 @@ class AuthorizationLoader:
                 upserts.append(auth)
         self._summarise_skips()
         return ReloadResult(seq, upserts, removals)
+
+    def _use_matching_key(self, conn: sqlite3.Connection, candidate: SecretCipher | None) -> None:
+        """Build with a cipher that opens this snapshot's blobs: the current one or ``candidate``.
+
+        key_check is read in the same snapshot as the rows, so a rotation committed between two
+        reads cannot pair new blobs with the old key. Keys already built keep their own cipher
+        and blob, both old, and keep working: nothing is rebuilt for a rotation. A key_check
+        already verified is not decrypted again (a reload runs twice a second).
+        """
+        row = conn.execute("SELECT key_check FROM master_key_info WHERE id = 1").fetchone()
+        if row is None or row[0] == self._verified_key_check:
+            return  # no key_check (a database older than it): nothing to compare against
+        key_check = row[0]
+        for cipher in (self.cipher, candidate):
+            if cipher is not None and isinstance(key_check, bytes) and cipher.matches(key_check):
+                self.cipher = cipher
+                self._verified_key_check = key_check
+                return
+        raise MasterKeyRotated("the database's master key is no longer the loaded one")
 
     def _try_build(
         self, row: Sequence[Any], sessions: dict[int, dict[str, bool]]

@@ -11,6 +11,11 @@ expiry sweep, the replay-window pruning and a periodic full reconcile (the safet
 deleted outright, which leave no change_seq behind). A reload that brings authorizations, and
 every full load, also reads the queued nostrconnect responses (keycast_tw.store.connects) and
 hands them to ``on_pending_connects``.
+
+A master key rotation under the running daemon (`keycast rotate-master-key`) is followed: when
+the loader finds the database re-keyed, the key the configuration gives now (the key file read
+again, or Cloud KMS asked again for the wrapped data key) is obtained on the reactor side and
+the load runs again with it (``_load``).
 """
 
 from __future__ import annotations
@@ -38,12 +43,19 @@ from keycast_tw.store.connects import (
     delete_pending_connect,
     read_pending_connects,
 )
-from keycast_tw.store.crypto import SecretCipher, open_cipher
+from keycast_tw.store.crypto import (
+    KIND_KMS,
+    SecretCipher,
+    open_cipher,
+    read_key_info,
+    read_master_key_file,
+)
 from keycast_tw.store.db import BUSY_TIMEOUT_MS, connection_init, database_uri, prepare_database
+from keycast_tw.store.errors import MasterKeyError
 from keycast_tw.store.expiry import ExpiryQueue
 from keycast_tw.store.identity import load_or_create_relay_identity
 from keycast_tw.store.kms import GcpKms
-from keycast_tw.store.loader import REFUSAL_GRACE, AuthorizationLoader
+from keycast_tw.store.loader import REFUSAL_GRACE, AuthorizationLoader, MasterKeyRotated
 from keycast_tw.store.runner import DB_TIMEOUT, PoolRunner, Runner
 from keycast_tw.store.signer_store import SqliteSignerStore
 
@@ -227,7 +239,7 @@ class StoreService(Service):
         loader = self._require_loader()
         started = self._now()
         try:
-            result = await self._run(loader.reload, self._seq, int(started))
+            result = await self._load(loader.reload, self._seq, int(started))
         except Exception as error:
             return self._record(ReloadInfo(started, "reload", self._seq, 0, 0, 0, 0.0, str(error)))
         if result.upserts or result.removals:
@@ -253,7 +265,7 @@ class StoreService(Service):
         loader = self._require_loader()
         started = self._now()
         first = self.last_reload is None
-        result = await self._run(loader.load_all, int(started), timeout=None)
+        result = await self._load(loader.load_all, int(started), timeout=None)
         auths = (
             result.authorizations
             if first
@@ -281,6 +293,63 @@ class StoreService(Service):
                 self._now() - started,
             )
         )
+
+    async def _load(
+        self, work: Callable[..., Any], *args: Any, timeout: float | None = DB_TIMEOUT
+    ) -> Any:
+        """Run a loader call; after a master key rotation, again with the key in force now.
+
+        The loader raises MasterKeyRotated, before building anything, when the database's
+        key_check is not its key. The new key is obtained here, outside the database thread
+        (a Cloud KMS decrypt is asynchronous), and passed as the candidate the loader adopts
+        only if it matches key_check in that call's own snapshot. No match fails this load
+        with one clear MasterKeyError and the registry as it was.
+        """
+        try:
+            return await self._run(work, *args, timeout=timeout)
+        except MasterKeyRotated:
+            candidate = await self._current_cipher()
+        try:
+            result = await self._run(work, *args, candidate, timeout=timeout)
+        except MasterKeyRotated:
+            raise MasterKeyError(self._rotated_message()) from None
+        self._adopt_loader_cipher()
+        return result
+
+    async def _current_cipher(self) -> SecretCipher:
+        """The key the configuration gives now, unverified: the loader checks it.
+
+        The key file is read on the database thread (blocking I/O, like at start); the KMS
+        decrypt of the wrapped data key runs on the reactor, like at start.
+        """
+        if self._kms is None:
+            path = self._master_key_path
+            if path is None:
+                raise MasterKeyError("no master key file and no KMS configured")
+            key: bytes = await self._run(lambda conn: read_master_key_file(path))
+            return SecretCipher(key)
+        info = await self._run(read_key_info)
+        if info is None or info[0] != KIND_KMS or info[1] is None:
+            raise MasterKeyError(self._rotated_message())
+        return SecretCipher(await self._kms.decrypt(bytes(info[1])))
+
+    def _rotated_message(self) -> str:
+        if self._kms is None:
+            return (
+                f"master key was rotated and the key file {self._master_key_path} does not"
+                " match; restart with the new key"
+            )
+        return "master key was rotated and Cloud KMS gave no matching data key; restart the daemon"
+
+    def _adopt_loader_cipher(self) -> None:
+        """Use the key the loader switched to for everything else (queued connect secrets)."""
+        cipher = self._require_loader().cipher
+        if cipher is not self.cipher:
+            self.cipher = cipher
+            self.log.info(
+                "The master key was rotated; switched to the new key (keys already loaded"
+                " keep working with the old one)"
+            )
 
     async def _pick_up_connects(self) -> None:
         """Hand the queued nostrconnect responses to ``on_pending_connects`` (never fails).
@@ -313,7 +382,7 @@ class StoreService(Service):
                 continue  # another shard's (or a revoked) authorization: not ours to report
             self.log.error(
                 "The queued connect response of authorization {authorization} does not"
-                " decrypt with this master key (restart the daemon after a key rotation)",
+                " decrypt with this master key (damaged, or written under another key)",
                 authorization=authorization_id,
             )
         if found.connects:
