@@ -272,7 +272,7 @@ class MaintenanceTests(CliTestCase):
         copy = sqlite3.connect(dest)
         self.addCleanup(copy.close)
         self.assertEqual(copy.execute("SELECT name FROM user_keys").fetchall(), [("alice",)])
-        self.assertIn("exists", self.fails(1, "backup", dest))
+        self.assertIn("exists; remove it or use --force", self.fails(1, "backup", dest))
         self.ok("backup", dest, "--force")
 
     def test_rotate_master_key(self) -> None:

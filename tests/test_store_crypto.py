@@ -6,12 +6,14 @@ import base64
 import os
 import sqlite3
 import stat
+from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from keycast_tw.nostr.keys import SecretKey
+from keycast_tw.store import backup as backup_module
 from keycast_tw.store import rotation as rotation_module
 from keycast_tw.store.backup import backup
 from keycast_tw.store.crypto import (
@@ -464,12 +466,70 @@ class BackupTests(SynchronousTestCase):
         self.assertEqual(copy.execute("SELECT count(*) FROM user_keys").fetchone()[0], 1)
 
     def test_refuses_to_overwrite(self) -> None:
-        """An existing destination is kept unless overwrite is passed."""
+        """An existing destination is kept unless overwrite is passed; the refusal names the
+        CLI's option (--force)."""
         with open(self.dest, "wb") as handle:
             handle.write(b"precious")
-        with self.assertRaises(StoreError):
+        with self.assertRaises(StoreError) as caught:
             backup(self.db_path, self.dest)
+        self.assertEqual(
+            str(caught.exception),
+            f"backup destination {self.dest} exists; remove it or use --force",
+        )
         with open(self.dest, "rb") as handle:
             self.assertEqual(handle.read(), b"precious")
         backup(self.db_path, self.dest, overwrite=True)
         self.assertEqual(sorted(os.listdir(os.path.dirname(self.dest)))[0], "copy.db")
+
+    def test_copy_is_private_from_creation(self) -> None:
+        """Under a umask that would allow 0644, the temp copy is already 0600 when SQLite opens
+        it, and so is the final file."""
+        previous = os.umask(0o022)
+        self.addCleanup(os.umask, previous)
+        modes: list[int] = []
+        connect = sqlite3.connect
+
+        def spy(database: str, *args: Any, **kwargs: Any) -> sqlite3.Connection:
+            if ".partial-" in str(database):
+                modes.append(stat.S_IMODE(os.stat(database).st_mode))
+            return connect(database, *args, **kwargs)
+
+        self.patch(sqlite3, "connect", spy)
+        backup(self.db_path, self.dest)
+        self.assertEqual(modes, [0o600])
+        self.assertEqual(stat.S_IMODE(os.stat(self.dest).st_mode), 0o600)
+
+    def test_copy_fsynced_before_rename_and_directory_after(self) -> None:
+        """The copy's data is fsynced before it takes the final name, then the directory."""
+        events: list[tuple[str, int]] = []
+        fsync, replace = os.fsync, os.replace
+
+        def record_fsync(fd: int) -> None:
+            info = os.fstat(fd)
+            events.append(("dir" if stat.S_ISDIR(info.st_mode) else "file", info.st_ino))
+            fsync(fd)
+
+        def record_replace(source: str, dest: str) -> None:
+            events.append(("rename", os.stat(source).st_ino))
+            replace(source, dest)
+
+        self.patch(os, "fsync", record_fsync)
+        self.patch(os, "replace", record_replace)
+        backup(self.conn, self.dest)
+        copy, directory = os.stat(self.dest).st_ino, os.stat(os.path.dirname(self.dest)).st_ino
+        self.assertEqual(events, [("file", copy), ("rename", copy), ("dir", directory)])
+
+    def test_unwritable_destination_is_a_store_error(self) -> None:
+        """A destination directory that refuses the temp file gives one line naming the
+        backup, and leaves nothing behind."""
+
+        def refuse(path: str) -> int:
+            raise PermissionError(13, "Permission denied")
+
+        self.patch(backup_module, "create_private", refuse)
+        with self.assertRaises(StoreError) as caught:
+            backup(self.db_path, self.dest)
+        self.assertEqual(
+            str(caught.exception), f"cannot write backup {self.dest}: Permission denied"
+        )
+        self.assertFalse(os.path.exists(self.dest))

@@ -84,8 +84,7 @@ def _holds_keys(ctx: Context) -> bool:
 
 
 def backup_database(ctx: Context, args: argparse.Namespace) -> int:
-    backup(ctx.database(), args.dest, overwrite=args.force)
-    os.chmod(args.dest, 0o600)
+    backup(ctx.database(), args.dest, overwrite=args.force)  # created 0600
     ctx.out(f"Backed up {ctx.config.database_path} to {args.dest}")
     return EXIT_OK
 
