@@ -347,3 +347,67 @@ class KmsRotationTests(ServiceTestBase):
             "master key was rotated and Cloud KMS gave no matching data key; restart the daemon",
         )
         assert_decrypts(self, self.registry.by_id(self.first))
+
+
+class FailedReconcileTests(ServiceTestBase):
+    """A full reload that fails after start-up shows in last_reload, like a failed reload."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.auth_id, _ = add_authorization(self.conn, self.cipher, self.key_id)
+
+    def break_full_load(self) -> None:
+        """Only the full load reads client_sessions when nothing changed."""
+        self.conn.execute("ALTER TABLE client_sessions RENAME TO moved")
+
+    def repair(self) -> None:
+        self.conn.execute("ALTER TABLE moved RENAME TO client_sessions")
+
+    def test_periodic_reconcile_failure_recorded(self) -> None:
+        """The hourly reconcile's failure is last_reload (error and time), logged once; the
+        registry keeps what it had."""
+        service = self.start(reload_interval=None, reconcile_interval=10)
+        before = self.registry.by_id(self.auth_id)
+        self.break_full_load()
+        self.clock.advance(10)
+        info = service.last_reload
+        assert info is not None
+        self.assertEqual((info.kind, info.at), ("reconcile", NOW))
+        self.assertIn("client_sessions", str(info.error))
+        self.assertEqual(self.errors(), [f"Full reload failed: {info.error}"])
+        self.assertIs(self.registry.by_id(self.auth_id), before)
+        self.clock.advance(10)
+        self.assertEqual(len(self.errors()), 1)
+
+    def test_failure_stays_visible_until_a_reconcile_succeeds(self) -> None:
+        """A SIGHUP reconcile returns its failure; the incremental reloads that follow carry it
+        in reconcile_error until a reconcile succeeds."""
+        service = self.start()
+        self.break_full_load()
+        failed = self.successResultOf(service.reconcile())
+        self.assertIsNotNone(failed.error)
+        self.assertIs(service.last_reload, failed)
+        self.clock.advance(RELOAD)
+        info = service.last_reload
+        assert info is not None
+        self.assertEqual((info.kind, info.error), ("reload", None))
+        self.assertEqual((info.reconcile_error, info.reconcile_failed_at), (failed.error, NOW))
+        self.repair()
+        recovered = self.successResultOf(service.reconcile())
+        self.assertEqual((recovered.error, recovered.reconcile_error), (None, None))
+        self.assertIn("Full reload recovered", [formatEvent(e) for e in self.logged])
+
+    def test_start_up_load_failure_still_fails_ready(self) -> None:
+        """The first load is not recorded as a reconcile failure: ready fails with it."""
+        self.break_full_load()
+        service = StoreService(
+            database_path=self.db_path,
+            registry=self.registry,
+            reactor=self.clock,
+            master_key_path=self.key_path,
+            runner_factory=lambda service: ConnectionRunner(self.conn, self.db_path),
+        )
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.failureResultOf(service.ready)
+        self.assertIsNone(service.last_reload)

@@ -20,10 +20,10 @@ the load runs again with it (``_load``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.service import Service
@@ -60,7 +60,7 @@ from keycast_tw.store.runner import DB_TIMEOUT, PoolRunner, Runner
 from keycast_tw.store.signer_store import SqliteSignerStore
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class ReloadInfo:
     """The outcome of the last reload or reconcile, for /status."""
 
@@ -72,6 +72,10 @@ class ReloadInfo:
     skipped: int
     seconds: float
     error: str | None = None
+    #: The last full reload (reconcile) failed: its error and time, carried by every record
+    #: until one succeeds, so /status keeps showing it between the incremental reloads.
+    reconcile_error: str | None = None
+    reconcile_failed_at: float | None = None
 
 
 class StoreService(Service):
@@ -125,6 +129,8 @@ class StoreService(Service):
         self.relay_identity: SecretKey | None = None
         self.ready: Deferred[None] = Deferred()
         self.last_reload: ReloadInfo | None = None
+        self._reload_failing = False
+        self._failed_reconcile: ReloadInfo | None = None
         self.store = SqliteSignerStore(self._run, clock=self._clock)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -262,9 +268,27 @@ class StoreService(Service):
         )
 
     async def _reconcile(self) -> ReloadInfo:
-        loader = self._require_loader()
+        """A full load; once started, a failure is recorded (and returned), not raised.
+
+        The start-up load raises, so that ``ready`` fails with its one line. A periodic or
+        SIGHUP reconcile that fails leaves the registry as it was and returns the failure like
+        an incremental reload does: /status shows it, the reload metric counts it as an error,
+        and the reload signal file is kept for a retry.
+        """
         started = self._now()
         first = self.last_reload is None
+        try:
+            return await self._full_load(started, first)
+        except Exception as error:
+            if first:
+                raise
+            failed = ReloadInfo(
+                started, "reconcile", self._seq, 0, 0, 0, self._now() - started, _message(error)
+            )
+            return self._record(failed)
+
+    async def _full_load(self, started: float, first: bool) -> ReloadInfo:
+        loader = self._require_loader()
         result = await self._load(loader.load_all, int(started), timeout=None)
         auths = (
             result.authorizations
@@ -414,10 +438,25 @@ class StoreService(Service):
         return self.store.prune_seen_requests(int(self._now()) - 2 * self._replay_window)
 
     def _record(self, info: ReloadInfo) -> ReloadInfo:
-        if info.error is not None and (self.last_reload is None or self.last_reload.error is None):
-            self.log.error("Reload failed: {error}", error=info.error)
-        elif info.error is None and self.last_reload is not None and self.last_reload.error:
-            self.log.info("Reload recovered")
+        """Make ``info`` the last_reload /status shows; log failures once per outage.
+
+        Incremental reloads and full reloads are followed apart: a reconcile that fails while
+        the incremental reloads succeed is logged, and stays visible in every later record
+        (``reconcile_error``) until a reconcile succeeds.
+        """
+        if info.kind == "reload":
+            self._log_transition("Reload", self._reload_failing, info.error)
+            self._reload_failing = info.error is not None
+        else:
+            failing = self._failed_reconcile is not None
+            self._log_transition("Full reload", failing, info.error)
+            self._failed_reconcile = info if info.error is not None else None
+        if self._failed_reconcile is not None:
+            info = dataclasses.replace(
+                info,
+                reconcile_error=self._failed_reconcile.error,
+                reconcile_failed_at=self._failed_reconcile.at,
+            )
         if info.error is None and info.kind == "reload" and (info.upserts or info.removals):
             self.log.info(
                 "Reloaded authorizations: {upserts} added or changed, {removals} removed",
@@ -426,6 +465,12 @@ class StoreService(Service):
             )
         self.last_reload = info
         return info
+
+    def _log_transition(self, what: str, was_failing: bool, error: str | None) -> None:
+        if error is not None and not was_failing:
+            self.log.error("{what} failed: {error}", what=what, error=error)
+        elif error is None and was_failing:
+            self.log.info("{what} recovered", what=what)
 
     def _require_cipher(self) -> SecretCipher:
         if self.cipher is None:
@@ -436,6 +481,11 @@ class StoreService(Service):
         if self._loader is None:
             raise RuntimeError("the store has not loaded its master key yet")
         return self._loader
+
+
+def _message(error: Exception) -> str:
+    """The one line /status shows for a failure (StoreErrors are written to be shown as-is)."""
+    return str(error) or type(error).__name__
 
 
 def _pool_runner(service: StoreService) -> Runner:
