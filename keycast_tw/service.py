@@ -111,6 +111,7 @@ class KeycastService(MultiService):
         )
         self._started_at = 0.0
         self._ready = False
+        self._stopping = False
         self._last_relay_seen = 0.0
 
         self.metrics = Metrics()
@@ -206,6 +207,7 @@ class KeycastService(MultiService):
 
     def startService(self) -> None:
         self._started_at = self._clock.seconds()
+        self._stopping = False
         try:
             self._lock = self._lock_factory(self.config.database_path, self._shard)
         except InstanceLockError as error:
@@ -277,8 +279,13 @@ class KeycastService(MultiService):
     # -- readiness and status ----------------------------------------------------------------
 
     def readiness(self) -> list[str]:
-        """Why the daemon is not ready (empty when it is): DESIGN §4's /ready conditions."""
-        reasons = []
+        """Why the daemon is not ready (empty when it is): DESIGN §4's /ready conditions.
+
+        "stopping" comes first from the moment a stop begins: the dispatcher is draining and
+        refuses new requests while /ready is still served, and a load balancer (Cloud Run,
+        a proxy) must stop routing to the daemon then, not once it is gone.
+        """
+        reasons = ["stopping"] if self._stopping else []
         if not self.store.ready.called or self.store.last_reload is None:
             reasons.append("authorizations not loaded")
         if len(self.registry) and not self.relays.subscribed_count():
@@ -357,6 +364,7 @@ class KeycastService(MultiService):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        self._stopping = True
         Service.stopService(self)  # type: ignore[no-untyped-call]
         self.notifier.stopping()
         if self._lock is None:  # never really started (another daemon holds the database)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
@@ -33,6 +34,7 @@ from tests.signer_helpers import FakeClient
 from tests.test_store_fixtures import add_authorization, add_user_key, new_database
 
 RELAY = "ws://relay.test"
+HEALTH = "http://127.0.0.1:8080"
 START = 1_700_000_000.0
 
 
@@ -453,6 +455,29 @@ class StopTests(SynchronousTestCase):
         self.assertFalse(service.reload_watcher.running)
         self.assertEqual(service.relays.connected_count(), 0)
         self.assertEqual(server.state, server.STATE_CLOSED)
+
+    def test_not_ready_from_the_moment_stop_begins(self) -> None:
+        """While in-flight requests drain (the web server still answers), /ready is 503 with
+        "stopping", so a load balancer stops routing before the daemon is gone."""
+        daemon = Daemon(self)
+        daemon.start()
+        daemon.connect_relay()
+        daemon.eose_all()
+        ready = StubTreq(daemon.service.web.app.resource())
+        self.assertEqual(self.successResultOf(ready.get(HEALTH + "/ready")).code, 200)
+        daemon.crypto.holding = True
+        daemon.deliver(FakeClient(daemon.bunkers[0].pubkey_hex).request("ping", created_at=START))
+        stopping = daemon.service.stopService()
+        daemon.flush()
+        self.assertNoResult(stopping)
+        self.assertTrue(daemon.service.web.running)
+        response = self.successResultOf(ready.get(HEALTH + "/ready"))
+        self.assertEqual(response.code, 503)
+        body = orjson.loads(self.successResultOf(response.content()))
+        self.assertEqual(body, {"ready": False, "reasons": ["stopping"]})
+        self.assertFalse(daemon.service.status()["ready"])
+        daemon.release_crypto()
+        self.successResultOf(daemon.settle(stopping))
 
     def test_events_after_stop_are_not_taken(self) -> None:
         """Once stopping, new requests are not started."""
