@@ -375,6 +375,36 @@ class TransportKeyDecryptTests(SynchronousTestCase):
         key = nip44.conversation_key(victim.key, self.user.pubkey)
         self.assertEqual(nip44.decrypt(response.result, key), "hello")
 
+    def test_no_kind_24133_signed_with_a_transport_key(self) -> None:
+        """A user key that is also a bunker's transport key signs no kind 24133 (it would be a
+        forged reply of that bunker, to its clients), for any client; other kinds still sign."""
+        world = World(self)
+        client = world.connected_client()
+
+        def sign(kind: int) -> nip46.Response:
+            template = {"kind": kind, "content": "x", "tags": [], "created_at": 1}
+            return world.call(client, "sign_event", [orjson.dumps(template).decode()])[1]
+
+        self.assertIsNone(sign(24133).error)
+        world.registry.put(
+            Authorization(
+                id=2,
+                bunker_key=PlainKey(world.user_key),
+                user_key=PlainKey(world.user_key),
+                secret_hash=None,
+            )
+        )
+        self.assertEqual(
+            sign(24133).error,
+            "sign_event: kind 24133 with a key that is also a bunker transport key",
+        )
+        self.assertIsNone(sign(1).error)
+        same_key = World(self, same_key=True)
+        own_client = same_key.connected_client()
+        template = {"kind": 24133, "content": "x", "tags": [], "created_at": 1}
+        response = same_key.call(own_client, "sign_event", [orjson.dumps(template).decode()])[1]
+        self.assertIsNotNone(response.error)
+
     def test_decrypt_inside_the_same_key_bunker(self) -> None:
         """The same-key bunker's own clients may still decrypt: they share its one policy."""
         world = World(self, same_key=True)

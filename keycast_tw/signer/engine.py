@@ -464,6 +464,7 @@ class Engine:
                     auth.policy,
                     int(now),
                     self._config.max_sign_future,
+                    user_is_transport=self._registry.bunker_key_owner(auth.user_pubkey) is not None,
                 )
             )
         if method in methods.THIRD_PARTY_METHODS:

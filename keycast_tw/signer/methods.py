@@ -14,7 +14,7 @@ from typing import Final
 
 import orjson
 
-from keycast_tw.nostr import nip04, nip44
+from keycast_tw.nostr import nip04, nip44, nip46
 from keycast_tw.nostr.errors import DecryptionError, EncryptionError, InvalidEvent, InvalidKey
 from keycast_tw.nostr.event import (
     MAX_KIND,
@@ -60,6 +60,8 @@ def sign_event(
     policy: Policy | None,
     now: int,
     max_future: int,
+    *,
+    user_is_transport: bool = False,
 ) -> MethodResult:
     """Sign the template in params[0] with the user key; the result is the signed event's JSON.
 
@@ -68,7 +70,9 @@ def sign_event(
     ahead is refused, because a far-future replaceable event (profile, contacts, relay list)
     would shadow every later update by the user, even after the client is revoked. Past dates
     are allowed (imports, re-publishing). A present pubkey must be the user's: silently signing
-    as someone else than the client asked for hides client bugs.
+    as someone else than the client asked for hides client bugs. When the user key is also a
+    bunker's transport key (a same-key authorization), a kind-24133 event signed with it would
+    be a forged bunker reply to that bunker's clients, so that kind is refused.
     """
     if not params:
         raise Refused("sign_event: missing event template")
@@ -81,6 +85,8 @@ def sign_event(
     kind = template.get("kind")
     if not is_valid_kind(kind):
         raise Refused(f"sign_event: kind must be an integer from 0 to {MAX_KIND}")
+    if user_is_transport and kind == nip46.KIND:
+        raise Refused("sign_event: kind 24133 with a key that is also a bunker transport key")
     content = template.get("content")
     if not isinstance(content, str):
         raise Refused("sign_event: content must be a string")
