@@ -251,7 +251,7 @@ class AuthorizationLoader:
         """
         row = conn.execute("SELECT key_check FROM master_key_info WHERE id = 1").fetchone()
         if row is None or row[0] == self._verified_key_check:
-            return  # no key_check (a database older than it): nothing to compare against
+            return  # verified already, or no key_check (an older database): nothing to compare
         key_check = row[0]
         for cipher in (self.cipher, candidate):
             if cipher is not None and isinstance(key_check, bytes) and cipher.matches(key_check):
