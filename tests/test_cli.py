@@ -286,6 +286,7 @@ class MaintenanceTests(CliTestCase):
             self.assertNotEqual(handle.read(), old)
         (kept,) = self.old_keys()
         self.assertIn(f"The previous key is in {kept}:", output)
+        self.assertIn("switches to the new key at its next reload", output)
         with open(kept, "rb") as handle:
             self.assertEqual(handle.read(), old)
         self.assertEqual(stat.S_IMODE(os.stat(self.master_key).st_mode), 0o600)

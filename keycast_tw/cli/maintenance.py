@@ -37,8 +37,9 @@ def register(commands: Commands, common: argparse.ArgumentParser) -> None:
         help="re-encrypt every key under a new master key",
         description="Generate a new master key file and re-encrypt every stored key under it in "
         "one transaction; the previous key is kept as <master key>.old-<UTC time> (never "
-        "overwritten: each one opens the backups taken before its rotation). Restart the daemon "
-        "afterwards. With Cloud KMS, rotate the KMS key in Cloud KMS instead.",
+        "overwritten: each one opens the backups taken before its rotation). A running daemon "
+        "switches to the new key at its next reload. With Cloud KMS, rotate the KMS key in "
+        "Cloud KMS instead.",
     )
 
 
@@ -109,5 +110,5 @@ def rotate_key(ctx: Context, args: argparse.Namespace) -> int:
         f"The previous key is in {rotation.old_key_path}: it opens backups taken before "
         "now; keep it as long as those backups, stored apart from them"
     )
-    ctx.out("Restart the daemon to use the new key")
+    ctx.out("A running daemon switches to the new key at its next reload (no restart needed)")
     return EXIT_OK

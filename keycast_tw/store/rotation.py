@@ -17,7 +17,9 @@ says so, and start-up says "master key does not match this database; a rotation 
 interrupted: <path>.new may hold the matching key".
 
 A running daemon keeps working: keys it already loaded hold their old ciphertext and the old
-cipher, and re-encryption does not bump change_seq; restart it to switch to the new key.
+cipher, and re-encryption does not bump change_seq; its next reload sees the new key_check and
+reads the key file again (keycast_tw.store.service), which is why the new file must keep the
+owner the daemon reads it as.
 Cloud KMS: rotate the KMS key itself (Cloud KMS keeps old versions for decrypt); moving a
 database between the file key and KMS is not provided.
 """
