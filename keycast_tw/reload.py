@@ -1,10 +1,16 @@
 """The ``.reload_signal`` file: external tools (the Rust original's API among them) create it to
 ask for a reload; we remove it only after the reload succeeded, so a failed one is retried on the
-next tick instead of being lost (the Rust original deleted it first, B15)."""
+next tick instead of being lost (the Rust original deleted it first, B15).
+
+Only a regular file is a signal, and one we reloaded for but could not remove (a directory we
+cannot write, another user's sticky /tmp-like directory) is remembered by inode and mtime and
+not acted on again until it changes: otherwise every tick would run a full reload, forever.
+"""
 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +31,7 @@ class ReloadSignalWatcher(Service):
         reload: Callable[[], Deferred[Any]],
         clock: IReactorTime,
         interval: float,
-        exists: Callable[[str], bool] = os.path.exists,
+        lstat: Callable[[str], os.stat_result] = os.lstat,
         remove: Callable[[str], None] = os.remove,
     ) -> None:
         self.setName("reload-signal")  # type: ignore[no-untyped-call]
@@ -33,9 +39,11 @@ class ReloadSignalWatcher(Service):
         self._reload = reload
         self._clock = clock
         self._interval = interval
-        self._exists = exists
+        self._lstat = lstat
         self._remove = remove
         self._loop: LoopingCall | None = None
+        # (inode, mtime) of a path already reported as unusable or as not removable.
+        self._ignored: tuple[int, int] | None = None
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
@@ -52,17 +60,25 @@ class ReloadSignalWatcher(Service):
     def check(self) -> Deferred[None] | None:
         """One tick; returning the reload's Deferred keeps LoopingCall from overlapping it."""
         try:
-            present = self._exists(self.path)
-        except OSError:
-            present = False
-        if not present:
+            found = self._lstat(self.path)
+        except OSError:  # absent, or a directory on the way we may not search: no signal
+            self._ignored = None
+            return None
+        identity = (found.st_ino, found.st_mtime_ns)
+        if identity == self._ignored:
+            return None
+        if not stat.S_ISREG(found.st_mode):
+            self._ignored = identity
+            self.log.error(
+                "Reload signal {path} is not a regular file; ignoring it", path=self.path
+            )
             return None
         self.log.info("Reload signal found at {path}", path=self.path)
         d = maybeDeferred(self._reload)
-        d.addCallbacks(self._reloaded, self._failed)
+        d.addCallbacks(self._reloaded, self._failed, callbackArgs=(identity,))
         return d
 
-    def _reloaded(self, info: Any) -> None:
+    def _reloaded(self, info: Any, identity: tuple[int, int]) -> None:
         if getattr(info, "error", None) is not None:
             self.log.error("Reload from signal failed; will retry: {error}", error=info.error)
             return
@@ -71,8 +87,11 @@ class ReloadSignalWatcher(Service):
         except FileNotFoundError:
             pass
         except OSError as error:
+            self._ignored = identity
             self.log.error(
-                "Cannot remove reload signal {path}: {error}", path=self.path, error=str(error)
+                "Cannot remove reload signal {path}: {error}; it is ignored until it changes",
+                path=self.path,
+                error=error.strerror or str(error),
             )
 
     def _failed(self, failure: Any) -> None:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,12 +120,12 @@ class WatcherTests(SynchronousTestCase):
         """An OSError while looking for the file counts as no signal; the loop goes on."""
         errors: list[str] = []
 
-        def exists(path: str) -> bool:
+        def lstat(path: str) -> os.stat_result:
             errors.append(path)
             raise PermissionError(13, "Permission denied")
 
         watcher = ReloadSignalWatcher(
-            "/x", reload=self.reloads, clock=self.clock, interval=INTERVAL, exists=exists
+            "/x", reload=self.reloads, clock=self.clock, interval=INTERVAL, lstat=lstat
         )
         watcher.startService()
         self.addCleanup(watcher.stopService)
@@ -132,8 +133,9 @@ class WatcherTests(SynchronousTestCase):
         self.tick()
         self.assertEqual((len(errors), self.reloads.calls), (2, 0))
 
-    def test_remove_failure_logged_not_raised(self) -> None:
-        """A signal file that cannot be removed is logged; the loop keeps running."""
+    def test_remove_failure_reloads_once_until_the_file_changes(self) -> None:
+        """A signal file that cannot be removed is reloaded for once and logged once, not on
+        every tick; touching it again (a new mtime) is a new signal."""
 
         def remove(path: str) -> None:
             raise PermissionError(13, "Permission denied")
@@ -147,11 +149,30 @@ class WatcherTests(SynchronousTestCase):
         self.addCleanup(watcher.stopService)
         self.signal.write_text("")
         with capturedLogs() as events:
-            self.tick()
-            self.tick()
-        self.assertEqual(self.reloads.calls, 2)
+            for _ in range(5):
+                self.tick()
+        self.assertEqual(self.reloads.calls, 1)
         errors = [e for e in events if e["log_level"] == LogLevel.error]
-        self.assertEqual(len(errors), 2)
+        self.assertEqual(len(errors), 1)
+        later = self.signal.stat().st_mtime_ns + 1_000_000
+        os.utime(self.signal, ns=(later, later))
+        self.tick()
+        self.assertEqual(self.reloads.calls, 2)
+
+    def test_directory_is_not_a_signal(self) -> None:
+        """A directory (or anything but a regular file) at the path triggers no reload; it is
+        reported once, not on every tick."""
+        self.signal.mkdir()
+        with capturedLogs() as events:
+            for _ in range(5):
+                self.tick()
+        self.assertEqual(self.reloads.calls, 0)
+        errors = [e for e in events if e["log_level"] == LogLevel.error]
+        self.assertEqual(len(errors), 1)
+        self.signal.rmdir()
+        self.signal.write_text("")
+        self.tick()
+        self.assertEqual(self.reloads.calls, 1)
 
     def test_stop_stops_ticking(self) -> None:
         """After stopService the file is no longer looked at."""
