@@ -18,7 +18,7 @@ from dataclasses import asdict
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -341,7 +341,14 @@ class KeycastService(MultiService):
     # -- reload ------------------------------------------------------------------------------
 
     def full_reload(self) -> Deferred[Any]:
-        """SIGHUP and the reload signal file: re-read every authorization from the database."""
+        """SIGHUP and the reload signal file: re-read every authorization from the database.
+
+        Before the start-up load has finished there is nothing to reload: that load reads
+        everything, and later changes reach the registry through the incremental reload.
+        """
+        if not self.store.ready.called:
+            self.log.info("Reload requested during the start-up load, which reads everything")
+            return succeed(None)
         d = self.store.reconcile()
         d.addCallback(self._reloaded)
         return d

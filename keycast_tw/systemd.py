@@ -148,6 +148,7 @@ class WatchdogService(Service):
         healthy: Callable[[], bool],
         interval: float | None = None,
     ) -> None:
+        self.setName("watchdog")  # type: ignore[no-untyped-call]
         self.notifier = notifier
         self.clock = clock
         self.healthy = healthy

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IReactorCore, IReactorFromThreads
 from twisted.logger import Logger, LogLevel
@@ -436,6 +437,25 @@ class SignalHandlerTests(SynchronousTestCase):
         handlers[signal.SIGHUP](signal.SIGHUP, None)
         self.reactor.run_queued()
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_sighup_later_reload_failure_logged(self) -> None:
+        """A reload whose Deferred fails later is logged as a failed reload (one error line),
+        not left to Twisted's critical "Unhandled error in Deferred"."""
+        handlers: dict[int, Callable[[int, Any], None]] = {}
+        pending: Deferred[None] = Deferred()
+        events: list[dict[str, Any]] = []
+        install_signal_handlers(
+            self.reactor,
+            on_reload=lambda: pending,
+            install=handlers.__setitem__,
+            log=Logger(observer=events.append),
+        )
+        handlers[signal.SIGHUP](signal.SIGHUP, None)
+        self.reactor.run_queued()
+        pending.errback(RuntimeError("db locked"))
+        failed = [e for e in events if e["log_level"] == LogLevel.critical]
+        self.assertEqual([e["log_format"] for e in failed], ["Reload requested by SIGHUP failed"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 0)
 
 
 class FatalTests(SynchronousTestCase):

@@ -21,6 +21,7 @@ import orjson
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from keycast_tw.config import config_from
@@ -273,6 +274,21 @@ class ReadinessTests(SynchronousTestCase):
         self.assertIn("STOPPING=1", received(sock))
 
 
+class WatchdogStopTests(SynchronousTestCase):
+    def test_watchdog_pings_stop_with_the_service(self) -> None:
+        """WATCHDOG=1 is sent while running and never after the stop (systemd must not see a
+        healthy process while it shuts down)."""
+        sock, address = notify_socket(self)
+        daemon = Daemon(self, environ={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "2000000"})
+        daemon.start()
+        daemon.flush()
+        self.assertIn("WATCHDOG=1", received(sock))
+        daemon.stop()
+        self.assertIn("STOPPING=1", received(sock))
+        daemon.clock.advance(10)
+        self.assertNotIn("WATCHDOG=1", received(sock))
+
+
 class RelayIdentityTests(SynchronousTestCase):
     def test_auth_signed_with_the_persistent_identity(self) -> None:
         """NIP-42 AUTH is signed by the store's relay identity, the same after a restart."""
@@ -385,6 +401,17 @@ class ShardTests(SynchronousTestCase):
 
 
 class ReloadTests(SynchronousTestCase):
+    def test_full_reload_before_the_start_up_load(self) -> None:
+        """SIGHUP (or the signal file) before the start-up load has finished is a no-op with an
+        info line: that load reads everything. No failure escapes."""
+        daemon = Daemon(self)
+        with capturedLogs() as logs:
+            self.assertIsNone(self.successResultOf(daemon.service.full_reload()))
+        self.assertEqual(
+            [e["log_format"] for e in logs],
+            ["Reload requested during the start-up load, which reads everything"],
+        )
+
     def test_full_reload_serves_new_rows(self) -> None:
         """full_reload (SIGHUP, the signal file) loads a new row and resubscribes with it."""
         daemon = Daemon(self, options={"reload-interval": "1000"})

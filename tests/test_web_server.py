@@ -60,6 +60,18 @@ class ListenTests(SynchronousTestCase):
         self.assertNotIn("\n", errors[0])
         self.successResultOf(server.stopService())
 
+    def test_invalid_endpoint_reports_one_line(self) -> None:
+        """An endpoint string Twisted cannot build (systemd: without LISTEN_FDS, ssl: without
+        its certificate) is one error line through on_error, not a traceback out of start."""
+        for endpoint in ("systemd:domain=INET:index=0", "ssl:18443:privateKey=/nonexistent.pem"):
+            errors: list[str] = []
+            server = health_server(endpoint, MemoryReactorClock(), errors)
+            server.startService()
+            self.assertEqual(len(errors), 1, endpoint)
+            self.assertTrue(errors[0].startswith(f"health endpoint {endpoint} is invalid: "))
+            self.assertNotIn("\n", errors[0])
+            self.successResultOf(server.stopService())
+
     def test_listens_on_endpoint(self) -> None:
         """The endpoint string decides port and interface."""
         memory = MemoryReactorClock()

@@ -19,9 +19,11 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IReactorCore, IReactorFromThreads
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 _log = Logger(namespace="keycast_tw.process")
 
@@ -36,10 +38,15 @@ def _stop(reactor: IReactorCore) -> None:
         _log.info("Already shutting down")
 
 
+def _reload_failed(failure: Failure, log: Logger) -> None:
+    """A reload that fails later (its Deferred) is logged like one that raises at once."""
+    log.failure("Reload requested by SIGHUP failed", failure)
+
+
 def install_signal_handlers(
     reactor: IReactorCore,
     *,
-    on_reload: Callable[[], None],
+    on_reload: Callable[[], object],
     install: SignalInstaller = signal.signal,
     log: Logger = _log,
 ) -> None:
@@ -64,9 +71,12 @@ def install_signal_handlers(
 
     def run_reload() -> None:
         try:
-            on_reload()
+            result = on_reload()
         except Exception:
             log.failure("Reload requested by SIGHUP failed")
+            return
+        if isinstance(result, Deferred):
+            result.addErrback(_reload_failed, log)
 
     def request_reload(number: int, frame: FrameType | None) -> None:
         log.info("Received SIGHUP, reloading")

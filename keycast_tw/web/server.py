@@ -53,7 +53,11 @@ class HealthServer(Service):
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
         site = QuietSite(self.app.resource())  # type: ignore[no-untyped-call]
-        endpoint = serverFromString(self._reactor, self.endpoint)  # type: ignore[no-untyped-call]
+        try:
+            endpoint = serverFromString(self._reactor, self.endpoint)  # type: ignore[no-untyped-call]
+        except Exception as error:  # ssl: without its files, systemd: without LISTEN_FDS...
+            self._on_error(f"health endpoint {self.endpoint} is invalid: {error}")
+            return
         d = endpoint.listen(site)
         d.addCallbacks(self._listening, self._failed)
 
