@@ -109,6 +109,8 @@ SAFE_FIELDS = frozenset(
 
 _MAX_FIELD_CHARS = 512
 
+#: C0 controls, DEL, NEL and the Unicode line and paragraph separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
 _NSEC = re.compile(r"\b(nsec|ncryptsec)1[02-9ac-hj-np-z]{6,}", re.IGNORECASE)
 _SECRET_PARAM = re.compile(r"([?&]secret=)[^&\s\"'<>]+", re.IGNORECASE)
 
@@ -161,9 +163,28 @@ def journal_stream_matches(out: IO[Any], environ: Mapping[str, str]) -> bool:
 
 
 def format_text(event: LogEvent) -> str | None:
-    """Twisted's classic text line (continuation lines tab-indented), redacted."""
-    text = formatEventAsClassicLogText(event)
+    """Twisted's classic text line (continuation lines tab-indented), redacted.
+
+    Control characters in field values are escaped first: values can carry text from the
+    outside (a relay's NOTICE or CLOSED reason), and a newline there would start what looks
+    like a log line of our own to the runbook's greps ("Unified signer daemon ready").
+    """
+    text = formatEventAsClassicLogText(_with_escaped_controls(event))
     return None if text is None else redact(text)
+
+
+def _with_escaped_controls(event: LogEvent) -> LogEvent:
+    escaped = {
+        key: _CONTROL.sub(_escape_control, value)
+        for key, value in event.items()
+        if isinstance(value, str) and not key.startswith("log_") and _CONTROL.search(value)
+    }
+    return {**event, **escaped} if escaped else event
+
+
+def _escape_control(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def with_journal_priority(

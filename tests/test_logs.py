@@ -392,3 +392,30 @@ class RedactTests(SynchronousTestCase):
             redact("a?secret=abc&b=1 c&SECRET=zz"), "a?secret=[redacted]&b=1 c&SECRET=[redacted]"
         )
         self.assertEqual(redact("npub1abc secretary=x"), "npub1abc secretary=x")
+
+
+class ControlCharacterTests(SynchronousTestCase):
+    def test_outside_text_cannot_forge_a_line(self) -> None:
+        """A relay's text with newlines, carriage returns or Unicode line separators stays on
+        its one line, escaped, so a grep for a runbook line cannot match a forged one."""
+        out = io.StringIO()
+        observer = make_observer("text", "info", out=out, environ={})
+        forged = "hi\n2026-01-01 [keycast_tw.service#info] Unified signer daemon ready\r\u2028x"
+        emit(observer, log_format="Relay notice: {notice}", notice=forged)
+        lines = out.getvalue().splitlines()
+        self.assertEqual(len(lines), 1)
+        expected = (
+            "Relay notice: hi\\x0a2026-01-01 [keycast_tw.service#info]"
+            " Unified signer daemon ready\\x0d\\u2028x"
+        )
+        self.assertTrue(lines[0].endswith(expected))
+
+    def test_tracebacks_keep_their_lines(self) -> None:
+        """Only field values are escaped: a failure's traceback is still multi-line."""
+        out = io.StringIO()
+        observer = make_observer("text", "info", out=out, environ={})
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            emit(observer, log_format="failed", log_failure=Failure(), log_level=LogLevel.error)
+        self.assertGreater(len(out.getvalue().splitlines()), 2)
