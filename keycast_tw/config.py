@@ -20,7 +20,7 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
@@ -440,7 +440,19 @@ def check_relay_url(url: str) -> str:
         raise ValueError(f"relay URL {_quote(url)} is not a valid URL") from None
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise ValueError(f"relay URL {_quote(url)} must start with ws:// or wss:// and name a host")
+    if "@" in parts.netloc:
+        # The URL is shown in logs, /status and /metrics labels, and handed to clients in
+        # bunker URIs: a password in it would be published. Relays authenticate with NIP-42.
+        raise ValueError(
+            f"relay URL {_quote(_without_userinfo(parts))} carries a user name or password;"
+            " relays authenticate the daemon with NIP-42 instead"
+        )
     return url
+
+
+def _without_userinfo(parts: SplitResult) -> str:
+    """The URL with its ``user:password@`` replaced, for an error message."""
+    return parts._replace(netloc="…@" + parts.netloc.rpartition("@")[2]).geturl()
 
 
 def _relays(source: _Source) -> tuple[str, ...]:

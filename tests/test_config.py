@@ -228,6 +228,14 @@ class ValidationTests(SynchronousTestCase):
         for bad in ("wss://", "http://x", "wss://a b", "wss://a,b", ""):
             self.assertRaises(ValueError, check_relay_url, bad)
 
+    def test_relay_url_with_credentials_refused(self) -> None:
+        """A user name or password in a relay URL is refused (it would be shown in logs,
+        /status, /metrics and bunker URIs), and the message does not repeat it."""
+        message = error_of(self, {"relay": ["wss://user:s3cr3t@relay.example/"]}, {})
+        self.assertIn("carries a user name or password", message)
+        self.assertNotIn("s3cr3t", message)
+        self.assertNotIn("user", message.split("carries")[0])
+
     def test_shard_k_below_n(self) -> None:
         """--shard needs 0 <= K < N and the K/N form."""
         self.assertIn("0 <= K < N", error_of(self, {"shard": "2/2"}, {}))
