@@ -411,3 +411,23 @@ class FailedReconcileTests(ServiceTestBase):
         self.addCleanup(service.stopService)
         self.failureResultOf(service.ready)
         self.assertIsNone(service.last_reload)
+
+
+class StartLogTests(ServiceTestBase):
+    def test_database_initialized_only_with_a_matching_key(self) -> None:
+        """"Database initialized" means the database and its master key are usable: a start
+        with the wrong key fails without that line."""
+        create_master_key_file(wrong := self.key_path + ".wrong")
+        service = StoreService(
+            database_path=self.db_path,
+            registry=self.registry,
+            reactor=self.clock,
+            master_key_path=wrong,
+            runner_factory=lambda service: ConnectionRunner(self.conn, self.db_path),
+        )
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.failureResultOf(service.ready)
+        self.assertNotIn("Database initialized", [formatEvent(e) for e in self.logged])
+        self.start()
+        self.assertIn("Database initialized", [formatEvent(e) for e in self.logged])

@@ -192,12 +192,13 @@ class StoreService(Service):
 
     async def _start(self) -> None:
         await self._run(prepare_database, self.database_path, timeout=None)
-        self.log.info("Database initialized")
         self.cipher = await open_cipher(
             functools.partial(self._run, timeout=None),
             master_key_path=self._master_key_path,
             kms=self._kms,
         )
+        # Only now: the runbook reads this line as "the database and its key are usable".
+        self.log.info("Database initialized")
         self.relay_identity = await self._run(
             load_or_create_relay_identity, self.cipher, timeout=None
         )
