@@ -18,7 +18,7 @@ from twisted.python import usage
 
 from keycast_tw.config import OPTIONS, ConfigError, KeycastConfig, config_from
 from keycast_tw.logs import LogConfigError, install_for_twistd
-from keycast_tw.process import clean_stale_pidfile
+from keycast_tw.process import clean_stale_pidfile, pidfile_holder
 
 
 class Options(usage.Options):
@@ -54,7 +54,16 @@ class Options(usage.Options):
         server_options: Any = getattr(self, "parent", None)
         if server_options is None:
             return
-        clean_stale_pidfile(server_options.get("pidfile"))
+        pidfile = server_options.get("pidfile")
+        clean_stale_pidfile(pidfile)
+        holder = pidfile_holder(pidfile)
+        if holder is not None:
+            # twistd's own refusal advises another directory or --pidfile, which only leads
+            # to the database lock's refusal; say what is going on instead.
+            raise SystemExit(
+                f"keycast: pidfile {pidfile} belongs to running process {holder}, probably"
+                " another keycast daemon; stop it first"
+            )
         try:
             install_for_twistd(
                 server_options, format=self.config.log_format, level=self.config.log_level

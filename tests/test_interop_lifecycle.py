@@ -154,11 +154,14 @@ class StartupTests(DaemonCase):
             second, rf"another keycast daemon is already running .*pid {first.process.pid}"
         )
         self.assertFalse(other_pidfile.pidfile.exists())
-        # Same pidfile: twistd's own check refuses before our code runs.
+        # Same pidfile: refused in one line before twistd's own check (whose advice, another
+        # directory or --pidfile, would only lead to the database lock's refusal).
         same = DaemonProcess(self.fx, first.paths, relays=[relay.url], health_port=free_port())
         same.start()
         self.assertNotIn(await same.wait_exit(), (0, None), self.fx.report())
-        self.assertIn("Another twistd server is running", "\n".join(same.log_lines))
+        self.assertIn(
+            f"belongs to running process {first.process.pid}", "\n".join(same.log_lines)
+        )
         self.assertEqual(first.paths.pidfile.read_text().strip(), str(first.process.pid))
         run = await self.fx.run_client("node", uri, [{"op": "connect"}, {"op": "ping"}])
         self.assertTrue(run.ok, run.report())

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -156,6 +157,28 @@ class TwistdParentTests(SynchronousTestCase):
         self.pidfile.write_text("not a pid")
         self.server_options()
         self.assertFalse(self.pidfile.exists())
+
+    def test_live_pidfile_refused_in_one_line(self) -> None:
+        """A pidfile naming a live daemon-like process stops the start with our one line
+        (twistd's own refusal would advise another directory or pidfile)."""
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import sys; print(flush=True); sys.stdin.read()", "keycast"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        self.addCleanup(holder.wait, 10)
+        self.addCleanup(holder.stdout.close)  # type: ignore[union-attr]
+        self.addCleanup(holder.stdin.close)  # type: ignore[union-attr]
+        holder.stdout.readline()  # type: ignore[union-attr]  # running, past exec
+        self.pidfile.write_text(f"{holder.pid}\n")
+        with self.assertRaises(SystemExit) as raised:
+            self.server_options()
+        self.assertEqual(
+            str(raised.exception),
+            f"keycast: pidfile {self.pidfile} belongs to running process {holder.pid}, probably"
+            " another keycast daemon; stop it first",
+        )
+        self.assertTrue(self.pidfile.exists())
 
     def test_selects_log_observer(self) -> None:
         """Our observer becomes twistd's logger, with the format and level asked for."""

@@ -6,7 +6,7 @@ from keycast_tw.process.lock import (
     acquire_instance_lock,
     lock_path_for,
 )
-from keycast_tw.process.pidfile import clean_stale_pidfile
+from keycast_tw.process.pidfile import clean_stale_pidfile, pidfile_holder
 from keycast_tw.process.signals import fatal, install_signal_handlers
 
 __all__ = [
@@ -17,4 +17,5 @@ __all__ = [
     "fatal",
     "install_signal_handlers",
     "lock_path_for",
+    "pidfile_holder",
 ]

@@ -87,6 +87,19 @@ def clean_stale_pidfile(
     return True
 
 
+def pidfile_holder(path: str | None) -> int | None:
+    """The PID a pidfile names, if the file exists and holds one (read after the clean-up:
+    what is left then belongs to a live daemon, or could not be proved stale)."""
+    if not path:
+        return None
+    try:
+        with open(path, encoding="ascii", errors="replace") as handle:
+            content = handle.read(64).strip()
+    except OSError:
+        return None
+    return int(content) if content.isdigit() else None
+
+
 def _stale_reason(
     content: str, *, getpid: Callable[[], int], kill: Callable[[int, int], None], proc_root: str
 ) -> str | None:
