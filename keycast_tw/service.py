@@ -45,7 +45,8 @@ from keycast_tw.signer.crypto import CryptoRunner, ThreadPoolRunner
 from keycast_tw.signer.engine import Engine, EngineConfig
 from keycast_tw.signer.model import OAUTH, REGULAR, Authorization
 from keycast_tw.signer.registry import Registry
-from keycast_tw.store.errors import StoreError
+from keycast_tw.store.db import require_database
+from keycast_tw.store.errors import DatabaseMissing, StoreError
 from keycast_tw.store.kms import GcpKms
 from keycast_tw.store.runner import Runner
 from keycast_tw.store.service import StoreService
@@ -209,8 +210,9 @@ class KeycastService(MultiService):
         self._started_at = self._clock.seconds()
         self._stopping = False
         try:
+            require_database(self.config.database_path)
             self._lock = self._lock_factory(self.config.database_path, self._shard)
-        except InstanceLockError as error:
+        except (DatabaseMissing, InstanceLockError) as error:
             Service.startService(self)  # type: ignore[no-untyped-call]
             self._fatal(str(error))
             return

@@ -179,6 +179,24 @@ class StartupTests(DaemonCase):
         await self.check_refused(daemon, r"master key file .* does not exist")
         self.assertFalse(daemon.paths.pidfile.exists())
 
+    async def test_missing_database_directory(self) -> None:
+        """A database path in a directory that does not exist is one clear line, and no lock
+        file (or anything else) is left behind there."""
+        daemon = await self.provisioned()
+        missing = daemon.paths.root / "nowhere"
+        elsewhere = dataclasses.replace(daemon.paths, database=missing / "keycast.db")
+        stray = DaemonProcess(self.fx, elsewhere, relays=daemon.relays, health_port=free_port())
+        await self.check_refused(stray, r"database directory .*nowhere does not exist")
+        self.assertFalse(missing.exists())
+
+    async def test_missing_database_leaves_no_lock_file(self) -> None:
+        """A database that does not exist is the store's one line, with no lock file made."""
+        daemon = await self.provisioned()
+        for path in daemon.paths.database.parent.iterdir():
+            path.unlink()
+        await self.check_refused(daemon, r"database .* does not exist; run `keycast init`")
+        self.assertEqual(list(daemon.paths.database.parent.iterdir()), [])
+
     async def test_corrupt_database(self) -> None:
         """A database file that is not SQLite is one clear line and a non-zero exit."""
         daemon = await self.provisioned()

@@ -64,6 +64,23 @@ def database_uri(path: str, *, create: bool) -> str:
     return f"file:{urllib.parse.quote(os.path.abspath(path))}?mode={mode}"
 
 
+def require_database(path: str) -> None:
+    """Raise DatabaseMissing, naming what to do, unless the database file exists.
+
+    The daemon asks this before anything else touches the database's directory (the instance
+    lock file lives there), so a mistyped path leaves no stray files and gets the same line as
+    the store would give.
+    """
+    if os.path.exists(path):
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise DatabaseMissing(
+            f"database directory {parent} does not exist; check the path or run `keycast init`"
+        )
+    raise DatabaseMissing(f"database {path} does not exist; run `keycast init`")
+
+
 def open_database(
     path: str, *, create: bool = False, busy_timeout_ms: int = BUSY_TIMEOUT_MS
 ) -> sqlite3.Connection:
@@ -72,8 +89,8 @@ def open_database(
     ``create=False`` refuses to conjure an empty database: an empty file on a fresh volume is how
     the original ended up serving zero authorizations in production (reference B22).
     """
-    if not create and not os.path.exists(path):
-        raise DatabaseMissing(f"database {path} does not exist; run `keycast init`")
+    if not create:
+        require_database(path)
     if create:
         parent = os.path.dirname(os.path.abspath(path))
         try:
