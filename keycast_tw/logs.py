@@ -249,7 +249,9 @@ class WatchedFile:
     Before each write the path is stat()ed and compared with the open descriptor (the idea of
     the stdlib's WatchedFileHandler). logrotate's default ``create`` mode therefore needs no
     signal and no ``postrotate`` step, and ``copytruncate`` works too because the file is opened
-    with O_APPEND. One stat per log line is negligible next to the write itself.
+    with O_APPEND. One stat per log line is negligible next to the write itself. A file it
+    creates is 0640 (owner and group, like the files logrotate creates): twistd's umask does not
+    apply to a log opened before it daemonises, and a log says who uses the signer and when.
     """
 
     encoding = "utf-8"
@@ -259,7 +261,8 @@ class WatchedFile:
         self._file = self._open()
 
     def _open(self) -> IO[str]:
-        return open(self.path, "a", encoding="utf-8")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        return os.fdopen(fd, "a", encoding="utf-8")
 
     def _moved(self) -> bool:
         try:

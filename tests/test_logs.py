@@ -338,6 +338,18 @@ class ConfigTests(SynchronousTestCase):
 class WatchedFileTests(SynchronousTestCase):
     """The log file follows logrotate's create and copytruncate modes."""
 
+    def test_created_without_world_access(self) -> None:
+        """A log file it creates, at start or after rotation, is 0640 under a 022 umask."""
+        previous = os.umask(0o022)
+        self.addCleanup(os.umask, previous)
+        path = self.mktemp()
+        watched = WatchedFile(path)
+        self.addCleanup(watched.close)
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o640)
+        os.rename(path, path + ".1")
+        watched.write("two\n")
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o640)
+
     def test_reopens_after_rename(self) -> None:
         """After the file is renamed away, the next write creates and uses a new file."""
         path = self.mktemp()
