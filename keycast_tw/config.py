@@ -54,6 +54,7 @@ class OptionSpec:
     (``help`` then says from what). ``repeatable`` options take a list on the command line
     (``--relay a --relay b``). ``cli`` marks the options the admin CLI accepts as global options;
     the others only matter to the daemon (their environment variables are still validated).
+    ``daemon=False`` marks an option of the CLI alone, which ``twistd keycast`` does not offer.
     """
 
     name: str
@@ -63,6 +64,7 @@ class OptionSpec:
     metavar: str = "VALUE"
     repeatable: bool = False
     cli: bool = False
+    daemon: bool = True
 
     @property
     def flag(self) -> str:
@@ -103,7 +105,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         cli=True,
     ),
     OptionSpec(
-        "relay", ("KEYCAST_RELAYS", "BUNKER_RELAYS"), ",".join(DEFAULT_RELAYS),
+        "relay", ("KEYCAST_RELAYS", "BUNKER_RELAYS"), ", ".join(DEFAULT_RELAYS),
         "relay to listen and answer on, ws:// or wss:// (repeat the option; env: comma list)",
         "URL", repeatable=True,
     ),
@@ -211,7 +213,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec(
         "check-timeout", ("KEYCAST_CHECK_TIMEOUT",), "5",
         "seconds `keycast status` and `keycast check` wait for the daemon's HTTP answer",
-        "SECONDS", cli=True,
+        "SECONDS", cli=True, daemon=False,
     ),
 )
 

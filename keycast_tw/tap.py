@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from twisted.application.service import IService
 from twisted.python import usage
 
-from keycast_tw.config import OPTIONS, ConfigError, KeycastConfig, config_from
+from keycast_tw.config import OPTIONS, ConfigError, KeycastConfig, config_from, option_spec
 from keycast_tw.logs import LogConfigError, install_for_twistd
 from keycast_tw.process import clean_stale_pidfile, pidfile_holder
 
@@ -29,7 +29,9 @@ class Options(usage.Options):
         "first with `keycast init`."
     )
     optParameters: ClassVar[list[list[str | None]]] = [
-        [spec.name, None, None, spec.help_text()] for spec in OPTIONS if not spec.repeatable
+        [spec.name, None, None, spec.help_text()]
+        for spec in OPTIONS
+        if spec.daemon and not spec.repeatable
     ]
 
     def __init__(self, *, environ: Mapping[str, str] = os.environ) -> None:
@@ -41,8 +43,10 @@ class Options(usage.Options):
         self.config: KeycastConfig | None = None
 
     def opt_relay(self, url: str) -> None:
-        """relay to listen and answer on, ws:// or wss:// (repeatable) [env KEYCAST_RELAYS]"""
         self["relay"].append(url)
+
+    # usage.Options shows a handler's docstring as its help: the table's, env and default too.
+    opt_relay.__doc__ = option_spec("relay").help_text()
 
     def postOptions(self) -> None:
         given = {key: value for key, value in self.items() if value not in (None, [])}

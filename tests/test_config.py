@@ -315,7 +315,7 @@ class OptionTableTests(SynchronousTestCase):
         self.assertIn("DATABASE_PATH", spec.help_text())
         self.assertIn("database/keycast.db", spec.help_text())
         self.assertEqual(option_spec("master-key").dest, "master_key")
-        self.assertEqual(option_spec("relay").default, ",".join(DEFAULT_RELAYS))
+        self.assertEqual(option_spec("relay").default, ", ".join(DEFAULT_RELAYS))
         self.assertTrue(option_spec("relay").repeatable)
 
     def test_usage_options_from_the_table(self) -> None:

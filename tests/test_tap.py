@@ -239,9 +239,12 @@ class TwistdHelpTests(TestCase):
             ("--log-format", "KEYCAST_LOG_FORMAT"),
             ("--kms", "USE_GCP_KMS"),
             ("--shard", "KEYCAST_SHARD"),
+            ("--relay", "BUNKER_RELAYS"),
         ]:
             self.assertIn(option, out)
             self.assertIn(env, out)
+        self.assertIn("wss://relay.damus.io", " ".join(out.split()))
+        self.assertNotIn("--check-timeout", out)  # the CLI's, not the daemon's
 
     async def test_bad_option_exits_with_one_line(self) -> None:
         """A bad value makes twistd exit 1 with one line on stderr and no usage text."""
