@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import stat
 import subprocess
@@ -15,7 +16,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from keycast_tw.nostr.keys import SecretKey
 from keycast_tw.nostr.nip19 import encode_npub, encode_nsec
 from keycast_tw.nostr.nip46 import parse_bunker_uri
-from keycast_tw.store.crypto import SecretCipher, read_master_key_file, relay_identity_aad
+from keycast_tw.store.crypto import (
+    SecretCipher,
+    create_master_key_file,
+    read_master_key_file,
+    relay_identity_aad,
+)
 
 RELAY = "wss://relay.example"
 _CONFIG_ENV = {
@@ -167,6 +173,7 @@ class AuthorizationTests(CliTestCase):
         secret = uri.secret
         assert secret is not None
         self.assertEqual(uri.relays, (RELAY,))
+        self.assertIn("  policy: none (full access); max uses: 1;", output)
         listing = self.ok("authorizations")
         self.assertIn("live", listing)
         self.assertIn("phone", listing)
@@ -189,6 +196,7 @@ class AuthorizationTests(CliTestCase):
         )
         uri = parse_bunker_uri(self.bunker_uri(output))
         self.assertEqual(uri.relays, (RELAY,))
+        self.assertIn("  policy: social; max uses: unlimited;", output)
         record = json.loads(self.ok("authorizations", "--json"))[0]
         self.assertEqual(record["policy"], "social")
         self.assertIsNone(record["max_uses"])
@@ -303,6 +311,40 @@ class MaintenanceTests(CliTestCase):
             for name in os.listdir(self.home)
             if name.startswith(prefix)
         )
+
+    def restore(self, copy: str) -> None:
+        """Put backup ``copy`` in place of the database, as a restore does."""
+        for suffix in ("-wal", "-shm"):
+            if os.path.exists(self.database + suffix):
+                os.unlink(self.database + suffix)
+        shutil.copyfile(copy, self.database)
+
+    def test_restored_pre_rotation_backup_points_at_the_old_keys(self) -> None:
+        """A database older than a rotation does not open with the current key; the error says
+        that one of the kept <key>.old-* keys may, and that key does open it."""
+        copy = os.path.join(self.home, "before.db")
+        self.ok("backup", copy)
+        self.ok("rotate-master-key")
+        self.restore(copy)
+        hint = (
+            "; if this database is older than a key rotation, one of "
+            f"{self.master_key}.old-* may match"
+        )
+        for command in (("key", "add", "bob"), ("authorize", "alice"), ("rotate-master-key",)):
+            error = self.fails(1, *command)
+            self.assertIn("master key does not match this database" + hint, error)
+            self.assertEqual(error.count("\n"), 1, error)
+        (old,) = self.old_keys()
+        result = self.keycast("identity", "--master-key", old)
+        self.assertEqual(result.returncode, 0, result.stderr)
+
+    def test_wrong_key_without_old_keys_has_no_rotation_hint(self) -> None:
+        """With no <key>.old-* beside the key there is nothing to point at."""
+        os.unlink(self.master_key)
+        create_master_key_file(self.master_key)
+        error = self.fails(1, "key", "add", "bob")
+        self.assertIn("master key does not match this database", error)
+        self.assertNotIn(".old-", error)
 
     def test_master_key_problems_are_operational_errors(self) -> None:
         """A readable-by-others or missing master key fails with exit 1 and the remedy."""

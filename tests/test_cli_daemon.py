@@ -1,4 +1,5 @@
-"""``keycast status``/``check`` against a local HTTP server, and the CLI's Cloud KMS path.
+"""``keycast status``/``check`` against a local HTTP server, ``authorize``/``connect`` asking it
+for the daemon's relays, and the CLI's Cloud KMS path.
 
 The CLI runs as a real process (spawned through the reactor, so the in-process servers keep
 answering); the servers bind 127.0.0.1 on port 0 and serve canned answers.
@@ -10,7 +11,9 @@ import base64
 import json
 import os
 import sys
+import time
 from typing import Any
+from urllib.parse import quote
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -22,6 +25,9 @@ from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from keycast_tw.config import DEFAULT_RELAYS
+from keycast_tw.nostr.keys import SecretKey
+from keycast_tw.nostr.nip46 import parse_bunker_uri
 from tests.test_cli import clean_environ
 
 PROCESS_TIMEOUT = 60
@@ -188,6 +194,40 @@ class StatusTests(DaemonCommandTestCase):
             ],
         )
 
+    async def test_times_are_readable(self) -> None:
+        """Epoch seconds print as UTC ISO-8601 with an age and durations with a unit, not as
+        raw floats; --json keeps the numbers for scripts."""
+        connected_at = time.time() - 30
+        document = {
+            "version": "0.1.0",
+            "uptime_seconds": 90.123,
+            "relays": [
+                {"url": "wss://a.example", "connected": True, "last_connected_at": connected_at}
+            ],
+            "last_request_at": None,
+            "last_reload": {"at": 1795744735.8179433, "kind": "reload", "seconds": 0.0024178},
+        }
+        port = self.listen(Canned({b"/status": (200, json.dumps(document).encode())}))
+        out, _, code = await self.keycast("status", KEYCAST_HEALTH=f"tcp:{port}")
+        self.assertEqual(code, 0)
+        lines = out.splitlines()
+        self.assertRegex(
+            lines[2],
+            r"^  wss://a\.example: connected=true, last_connected_at="
+            r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(\d+s ago\)$",
+        )
+        self.assertEqual(lines[3], "last_request_at: never")
+        self.assertRegex(
+            lines[4],
+            r"^last_reload: at=2026-11-27T01:58:55Z \((in )?[0-9dhms ]+( ago)?\), kind=reload, "
+            r"seconds=2\.4 ms$",
+        )
+        self.assertEqual(len(lines), 5, out)
+        self.assertNotIn("1795744735", out)
+        self.assertNotIn("0.0024", out)
+        out, _, code = await self.keycast("status", "--json", KEYCAST_HEALTH=f"tcp:{port}")
+        self.assertEqual(json.loads(out)["last_reload"]["at"], 1795744735.8179433)
+
     async def test_json(self) -> None:
         """status --json prints the daemon's document."""
         port = self.listen(Canned(health_answers()))
@@ -201,6 +241,97 @@ class StatusTests(DaemonCommandTestCase):
         _, err, code = await self.keycast("status", "--url", f"http://127.0.0.1:{port}")
         self.assertEqual(code, 2)
         self.assertIn("cannot reach the daemon", err)
+
+
+DAEMON_RELAY = "ws://127.0.0.1:7777"
+
+
+def daemon_status(*relays: str) -> dict[bytes, tuple[int, bytes]]:
+    """A daemon started with ``--relay`` on its own command line: /status is where it shows."""
+    relay_state = [{"url": url, "connected": True, "subscribed": True} for url in relays]
+    return {b"/status": (200, json.dumps({"version": "0.1.0", "relays": relay_state}).encode())}
+
+
+class DaemonRelaysTests(DaemonCommandTestCase):
+    """Without KEYCAST_RELAYS in its environment, the CLI asks the running daemon."""
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        super().setUp()
+        for args in (("init",), ("key", "add", "alice")):
+            _, err, code = await self.keycast(*args)
+            self.assertEqual(code, 0, err)
+
+    async def test_authorize_advertises_the_daemons_relays(self) -> None:
+        """The URI carries the relays the daemon reports, not the built-in defaults."""
+        port = self.listen(Canned(daemon_status(DAEMON_RELAY, "wss://second.example")))
+        out, err, code = await self.keycast("authorize", "alice", KEYCAST_HEALTH=f"tcp:{port}")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(err, "")
+        uri = parse_bunker_uri(next(x for x in out.splitlines() if x.startswith("bunker://")))
+        self.assertEqual(uri.relays, (DAEMON_RELAY, "wss://second.example"))
+        self.assertIn("  policy: none (full access); max uses: 1", out)
+
+    async def test_authorize_url_option(self) -> None:
+        """--url reaches a daemon the health setting does not point at, as for `status`."""
+        port = self.listen(Canned(daemon_status(DAEMON_RELAY)))
+        closed = await self.closed_port()
+        out, err, code = await self.keycast(
+            "authorize", "alice", "--url", f"http://127.0.0.1:{port}", PORT=str(closed)
+        )
+        self.assertEqual(code, 0, err)
+        self.assertIn("relay=" + quote(DAEMON_RELAY, safe=""), out)
+
+    async def test_foreign_relay_is_checked_against_the_daemon(self) -> None:
+        """An explicit --relay the daemon does not use gets the warning; one it uses none."""
+        port = self.listen(Canned(daemon_status(DAEMON_RELAY)))
+        _, err, code = await self.keycast(
+            "authorize", "alice", "--relay", DEFAULT_RELAYS[0], KEYCAST_HEALTH=f"tcp:{port}"
+        )
+        self.assertEqual(code, 0, err)
+        self.assertIn(f"{DEFAULT_RELAYS[0]} is not one of the daemon's relays", err)
+        self.assertIn(DAEMON_RELAY, err)
+        _, err, code = await self.keycast(
+            "authorize", "alice", "--relay", DAEMON_RELAY, "--max-uses", "2",
+            KEYCAST_HEALTH=f"tcp:{port}",
+        )
+        self.assertEqual((code, err), (0, ""))
+
+    async def test_unreachable_daemon_falls_back_with_one_warning(self) -> None:
+        """No daemon: the defaults, and one stderr line saying so and how to choose."""
+        port = await self.closed_port()
+        out, err, code = await self.keycast("authorize", "alice", KEYCAST_HEALTH=f"tcp:{port}")
+        self.assertEqual(code, 0, err)
+        uri = parse_bunker_uri(next(x for x in out.splitlines() if x.startswith("bunker://")))
+        self.assertEqual(uri.relays, DEFAULT_RELAYS)
+        self.assertEqual(err.count("\n"), 1, err)
+        self.assertIn("cannot ask the daemon at", err)
+        self.assertIn("using the default relays", err)
+        self.assertIn("--relay", err)
+        self.assertIn("KEYCAST_RELAYS", err)
+
+    async def test_environment_is_not_second_guessed(self) -> None:
+        """KEYCAST_RELAYS given to the CLI is what it uses, with no request to the daemon."""
+        port = await self.closed_port()
+        out, err, code = await self.keycast(
+            "authorize", "alice", KEYCAST_HEALTH=f"tcp:{port}", KEYCAST_RELAYS=DAEMON_RELAY
+        )
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("relay=" + quote(DAEMON_RELAY, safe=""), out)
+
+    async def test_connect_accepts_the_daemons_relays(self) -> None:
+        """connect checks the URI's relays against the relays the daemon reports."""
+        port = self.listen(Canned(daemon_status(DAEMON_RELAY)))
+        client = SecretKey.generate().pubkey_hex
+        uri = (
+            f"nostrconnect://{client}?relay={quote(DAEMON_RELAY, safe='')}"
+            "&relay=wss%3A%2F%2Fother.example&secret=s3cr3t&perms=sign_event%3A1&name=App"
+        )
+        out, err, code = await self.keycast("connect", "alice", uri, KEYCAST_HEALTH=f"tcp:{port}")
+        self.assertEqual(code, 0, err)
+        self.assertIn(f"  relays: {DAEMON_RELAY}\n", out)
+        self.assertIn("the policy decides: none (full access))", out)
+        self.assertIn("wss://other.example is not one of the daemon's relays", err)
+        self.assertNotIn("s3cr3t", out + err)
 
 
 class KmsTests(DaemonCommandTestCase):

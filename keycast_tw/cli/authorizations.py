@@ -4,19 +4,27 @@
 connect secret, so neither ``authorizations`` nor anything else can show it again. ``connect``
 is the other direction (the client made a nostrconnect:// URI); it never prints the client's
 secret, which only the daemon's connect response carries back.
+
+Both need the daemon's relays, and the daemon may have got them from its own command line
+(``twistd keycast --relay ...``), which this process cannot see. So unless KEYCAST_RELAYS (or
+BUNKER_RELAYS) tells this command too, they ask the running daemon's /status, found the way
+``keycast status`` finds it; only when it cannot be asked do they fall back to the built-in
+defaults, and say so: a URI naming relays the daemon does not use is never answered.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import segno
 
+from keycast_tw.cli import daemon
 from keycast_tw.cli.context import EXIT_OK, EXIT_USAGE, CliError, Context
 from keycast_tw.cli.output import short, timestamp
 from keycast_tw.cli.parsing import Commands, add_command
 from keycast_tw.cli.when import parse_when
+from keycast_tw.config import DEFAULT_RELAYS, option_spec
 from keycast_tw.nostr.nip19 import encode_npub
 from keycast_tw.store import admin
 
@@ -34,7 +42,8 @@ def register(commands: Commands, common: argparse.ArgumentParser) -> None:
     authorize.add_argument("key", metavar="KEY", help="key name, id, npub or hex pubkey")
     authorize.add_argument(
         "--relay", metavar="URL", action="append", dest="uri_relays",
-        help="relay to advertise in the URI (repeatable) [default: the daemon's relays]",
+        help="relay to advertise in the URI (repeatable) [default: the daemon's relays: "
+        "KEYCAST_RELAYS if set, else those the running daemon reports in its /status]",
     )
     authorize.add_argument("--policy", metavar="NAME", help="restrict clients to this policy")
     authorize.add_argument(
@@ -67,6 +76,12 @@ def register(commands: Commands, common: argparse.ArgumentParser) -> None:
     connect.add_argument(
         "--label", metavar="TEXT", help="a note shown in listings [default: the client's name]"
     )
+    for parser in (authorize, connect):
+        parser.add_argument(
+            "--url", metavar="URL",
+            help="the daemon's base URL, to ask it for its relays [default: from --health, "
+            "KEYCAST_HEALTH or PORT, as `keycast status`]",
+        )
 
     add_command(
         commands, "authorizations", common, list_authorizations, json_output=True,
@@ -103,23 +118,80 @@ def _expires_at(ctx: Context, args: argparse.Namespace) -> int | None:
         raise CliError(f"--expires: {error}", EXIT_USAGE) from None
 
 
+@dataclass(frozen=True)
+class DaemonRelays:
+    """The relays the daemon uses as far as this command knows, and where that came from."""
+
+    urls: tuple[str, ...] | None  # None: unknown (no KEYCAST_RELAYS, daemon not reachable)
+    source: str  # for messages: "KEYCAST_RELAYS", "its /status at ...", "the defaults"
+
+
+def daemon_relays(
+    ctx: Context,
+    url: str | None,
+    *,
+    explicit: bool,
+    choose: str,
+    fetcher: daemon.Fetch = daemon.fetch,
+) -> DaemonRelays:
+    """KEYCAST_RELAYS/BUNKER_RELAYS if set here, else what the running daemon reports.
+
+    When the daemon cannot be asked: with ``explicit`` relays (``authorize --relay``) they are
+    simply not checked (a note says so); otherwise the built-in defaults, with one warning
+    line naming them and ``choose``, how to pick the right ones instead.
+    """
+    for name in option_spec("relay").env:
+        if name in ctx.environ:
+            return DaemonRelays(ctx.config.relays, name)
+    try:
+        target = daemon.daemon_target(ctx, url)
+    except CliError as error:  # an endpoint this host cannot dial (ssl, systemd)
+        problem = f"cannot ask the daemon for its relays: {error}"
+    else:
+        timeout = min(ctx.config.check_timeout, daemon.RELAY_LOOKUP_TIMEOUT)
+        try:
+            relays = daemon.ask_relays(target, timeout, fetcher)
+        except daemon.Unreachable as error:
+            problem = f"cannot ask the daemon at {target.description} for its relays ({error})"
+        else:
+            return DaemonRelays(relays, f"its /status at {target.description}")
+    if explicit:
+        ctx.warn(f"note: {problem}; the --relay URLs are not checked against them")
+        return DaemonRelays(None, "unknown")
+    ctx.warn(
+        f"warning: {problem}; using the default relays {', '.join(DEFAULT_RELAYS)}; {choose}"
+    )
+    return DaemonRelays(DEFAULT_RELAYS, "the defaults")
+
+
+def _policy(info: admin.AuthorizationInfo) -> str:
+    """The policy's name, or what no policy means: the client may do everything."""
+    return info.policy or "none (full access)"
+
+
 def _describe(ctx: Context, info: admin.AuthorizationInfo) -> None:
     ctx.out(f"  relays: {', '.join(info.relays)}")
     uses = "unlimited" if info.max_uses is None else str(info.max_uses)
     ctx.out(
-        f"  policy: {info.policy or 'none'}; max uses: {uses}; "
+        f"  policy: {_policy(info)}; max uses: {uses}; "
         f"expires: {timestamp(info.expires_at, empty='never')}"
     )
 
 
 def authorize_key(ctx: Context, args: argparse.Namespace) -> int:
     expires_at = _expires_at(ctx, args)
-    relays = args.uri_relays or list(ctx.config.relays)
+    known = daemon_relays(
+        ctx,
+        args.url,
+        explicit=bool(args.uri_relays),
+        choose="name the daemon's relays with --relay URL (repeatable) or KEYCAST_RELAYS",
+    )
+    relays = args.uri_relays or list(known.urls or DEFAULT_RELAYS)
     for url in relays:
-        if url not in ctx.config.relays:
+        if known.urls is not None and url not in known.urls:
             ctx.warn(
-                f"warning: {url} is not one of the daemon's relays (--relay/KEYCAST_RELAYS): "
-                "the daemon will not hear requests sent there"
+                f"warning: {url} is not one of the daemon's relays ({', '.join(known.urls)}, "
+                f"from {known.source}): the daemon will not hear requests sent there"
             )
     conn = ctx.database()
     info, uri = admin.authorize(
@@ -152,12 +224,18 @@ def connect_client(ctx: Context, args: argparse.Namespace) -> int:
         uri_text = ctx.stdin.readline().strip()
         if not uri_text:
             raise CliError("URI -: nothing on stdin", EXIT_USAGE)
+    known = daemon_relays(
+        ctx,
+        args.url,
+        explicit=False,
+        choose="name the daemon's relays with KEYCAST_RELAYS, or reach it with --url",
+    )
     result = admin.connect(
         ctx.database(),
         ctx.cipher(),
         args.key,
         uri_text,
-        ctx.config.relays,
+        known.urls or DEFAULT_RELAYS,
         policy=args.policy,
         expires_at=expires_at,
         label=args.label,
@@ -166,7 +244,7 @@ def connect_client(ctx: Context, args: argparse.Namespace) -> int:
     info = result.authorization
     for url in result.ignored_relays:
         ctx.warn(
-            f"warning: {url[:100]} is not one of the daemon's relays (--relay/KEYCAST_RELAYS): "
+            f"warning: {url[:100]} is not one of the daemon's relays (from {known.source}): "
             "left out of this authorization"
         )
     ctx.out(f"Authorization #{info.id} for key {info.key_name!r} ({encode_npub(info.user_pubkey)})")
@@ -178,7 +256,7 @@ def connect_client(ctx: Context, args: argparse.Namespace) -> int:
     if result.requested_perms:
         ctx.out(
             f"  the client asked for: {', '.join(result.requested_perms)[:300]} "
-            f"(not granted from the URI; the policy decides: {info.policy or 'none'})"
+            f"(not granted from the URI; the policy decides: {_policy(info)})"
         )
     ctx.out(
         "A running daemon sends the client its connect response within one reload interval; "

@@ -1,5 +1,8 @@
 """``keycast status`` and ``keycast check``: ask a running daemon over its health endpoint.
 
+``authorize`` and ``connect`` use the same target to ask the daemon for its relays
+(``ask_relays``), which it may have from its own command line, out of this process's sight.
+
 Blocking http.client on purpose: one or two requests, and ``check`` runs from cron where a
 reactor would add nothing. The URL is derived from the same --health / KEYCAST_HEALTH / PORT
 setting the daemon listens on, so on one host no extra option is needed; --url covers a daemon
@@ -13,15 +16,20 @@ import http.client
 import json
 import re
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from keycast_tw.cli.context import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError, Context
-from keycast_tw.cli.output import to_json
+from keycast_tw.cli.output import timestamp, to_json
 from keycast_tw.cli.parsing import Commands, add_command
+from keycast_tw.config import check_relay_url
 
 EXIT_UNREACHABLE = 2
+#: How long ``authorize``/``connect`` wait for the daemon's relays before using the defaults.
+RELAY_LOOKUP_TIMEOUT = 2.0
 
 
 def register(commands: Commands, common: argparse.ArgumentParser) -> None:
@@ -30,7 +38,9 @@ def register(commands: Commands, common: argparse.ArgumentParser) -> None:
         description="Read /status from the daemon's health endpoint (--health, KEYCAST_HEALTH "
         "or PORT, as the daemon) and print a short summary.",
     )
-    status.add_argument("--json", action="store_true", help="print the daemon's JSON as is")
+    status.add_argument(
+        "--json", action="store_true", help="print the daemon's JSON as is (raw epoch seconds)"
+    )
     check = add_command(
         commands, "check", common, check_daemon, help="one-line health check for cron and monitors",
         description="Exit 0 when the daemon is alive and ready, 1 when it answers but is not "
@@ -125,10 +135,53 @@ def fetch(target: Target, path: str, timeout: float) -> tuple[int, bytes]:
         connection.close()
 
 
-def _target(ctx: Context, args: argparse.Namespace) -> Target:
-    if args.url:
-        return target_from_url(args.url)
+def daemon_target(ctx: Context, url: str | None) -> Target:
+    """Where the daemon answers: ``url`` (--url) or the --health / KEYCAST_HEALTH / PORT setting."""
+    if url:
+        return target_from_url(url)
     return target_from_endpoint(ctx.config.health_endpoint)
+
+
+def _target(ctx: Context, args: argparse.Namespace) -> Target:
+    return daemon_target(ctx, args.url)
+
+
+Fetch = Callable[[Target, str, float], tuple[int, bytes]]
+
+
+def ask_relays(target: Target, timeout: float, fetcher: Fetch = fetch) -> tuple[str, ...]:
+    """The relay URLs the daemon at ``target`` uses (``relays[].url`` of its /status).
+
+    Unreachable when there is no answer or it names no usable relay: the caller then knows
+    nothing about the daemon's relays and says so.
+    """
+    code, body = fetcher(target, "/status", timeout)
+    status = _json(body)
+    if code != 200 or not isinstance(status, dict):
+        raise Unreachable(f"/status answered HTTP {code}")
+    return relays_in_status(status)
+
+
+def relays_in_status(status: dict[str, Any]) -> tuple[str, ...]:
+    """``relays[].url`` of a /status document, valid relay URLs only, each once, in order."""
+    entries = status.get("relays")
+    if isinstance(entries, dict):  # a version that keys per-relay state by URL
+        urls = list(entries)
+    elif isinstance(entries, list):
+        urls = [entry.get("url") for entry in entries if isinstance(entry, dict)]
+    else:
+        urls = []
+    usable = []
+    for url in urls:
+        if not isinstance(url, str) or not url.isprintable():
+            continue
+        try:
+            usable.append(check_relay_url(url))
+        except ValueError:
+            continue
+    if not usable:
+        raise Unreachable("its /status lists no relay")
+    return tuple(dict.fromkeys(usable))
 
 
 def _json(body: bytes) -> Any:
@@ -152,23 +205,27 @@ def show_status(ctx: Context, args: argparse.Namespace) -> int:
     if args.json:
         ctx.out(to_json(status))
         return EXIT_OK
-    for line in summarize(status):
+    for line in summarize(status, now=ctx.clock()):
         ctx.out(line)
     return EXIT_OK
 
 
-def summarize(status: dict[str, Any]) -> list[str]:
+def summarize(status: dict[str, Any], *, now: float | None = None) -> list[str]:
     """A few readable lines from /status, whatever fields this daemon version reports.
 
     Scalars become ``name: value``; a mapping of scalars one line of ``k=v``; a list or
-    mapping of mappings (per-relay state) one indented line per entry.
+    mapping of mappings (per-relay state) one indented line per entry. Epoch seconds (a field
+    named ``at`` or ``..._at``) print as UTC ISO-8601 with their age from ``now``, and
+    durations (``seconds``, ``..._seconds``) rounded with a unit; ``--json`` keeps the raw
+    numbers for scripts.
     """
+    when = time.time() if now is None else now
     lines = []
     version = status.get("version", "?")
     uptime = status.get("uptime_seconds")
     lines.append(
         f"keycast-tw {version}, up {_duration(uptime)}"
-        if isinstance(uptime, int | float)
+        if isinstance(uptime, int | float) and not isinstance(uptime, bool)
         else f"keycast-tw {version}"
     )
     for name, value in status.items():
@@ -177,11 +234,11 @@ def summarize(status: dict[str, Any]) -> list[str]:
         entries = _entries(value)
         if entries is not None:
             lines.append(f"{name}:")
-            lines.extend(f"  {label}: {_pairs(entry)}" for label, entry in entries)
+            lines.extend(f"  {label}: {_pairs(entry, when)}" for label, entry in entries)
         elif isinstance(value, dict):
-            lines.append(f"{name}: {_pairs(value)}")
+            lines.append(f"{name}: {_pairs(value, when)}")
         else:
-            lines.append(f"{name}: {_scalar(value)}")
+            lines.append(f"{name}: {_field(name, value, when)}")
     return lines
 
 
@@ -193,14 +250,53 @@ def _entries(value: Any) -> list[tuple[str, dict[str, Any]]] | None:
     return None
 
 
-def _pairs(mapping: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={_scalar(v)}" for k, v in mapping.items() if k != "url") or "-"
+def _pairs(mapping: dict[str, Any], now: float) -> str:
+    return (
+        ", ".join(f"{k}={_field(k, v, now)}" for k, v in mapping.items() if k != "url") or "-"
+    )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+_YEAR_9999 = 253_402_300_800  # 10000-01-01: beyond it datetime cannot print the moment
+
+
+def _field(name: str, value: Any, now: float) -> str:
+    """``value`` as text; a timestamp or a duration (by its field name) made readable."""
+    if name == "at" or name.endswith("_at"):
+        if value is None:
+            return "never"
+        if _is_number(value) and 0 < value < _YEAR_9999:
+            return f"{timestamp(int(value))} ({_age(now - value)})"
+    if (name == "seconds" or name.endswith("_seconds")) and _is_number(value) and value >= 0:
+        return _elapsed(value)
+    return _scalar(value)
 
 
 def _scalar(value: Any) -> str:
     if isinstance(value, str):
         return value
     return json.dumps(value, sort_keys=True)
+
+
+def _age(seconds: float) -> str:
+    """``12s ago``, ``3h 5m ago``; ``in 4s`` for a moment ahead of this host's clock."""
+    if seconds <= -1:
+        return f"in {_duration(-seconds)}"
+    return f"{_duration(max(seconds, 0))} ago"
+
+
+def _elapsed(seconds: float) -> str:
+    """A measured duration: ``2.4 ms``, ``350 ms``, ``1.5 s``, then as ``_duration``."""
+    if seconds < 0.01:
+        return f"{seconds * 1000:.1f} ms"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    return _duration(seconds)
 
 
 def _duration(seconds: float) -> str:
@@ -212,7 +308,9 @@ def _duration(seconds: float) -> str:
         return f"{days}d {hours}h"
     if hours:
         return f"{hours}h {minutes}m"
-    return f"{minutes}m {secs}s"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"
 
 
 def check_daemon(ctx: Context, args: argparse.Namespace) -> int:
