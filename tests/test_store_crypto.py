@@ -434,6 +434,19 @@ class RotationTests(SynchronousTestCase):
             open_file_cipher(self.conn, self.key_path)
         self.assertIn(".new may hold the matching key", str(caught.exception))
 
+    def test_database_older_than_a_rotation_is_explained(self) -> None:
+        """The key file does not open a database restored from before a rotation: the error
+        (at daemon start as in the CLI) points at the <path>.old-* keys kept beside it."""
+        write_master_key_file(self.key_path + ".old-20260101T000000Z", os.urandom(32))
+        os.unlink(self.key_path)
+        write_master_key_file(self.key_path, os.urandom(32))
+        with self.assertRaises(MasterKeyError) as caught:
+            open_file_cipher(self.conn, self.key_path)
+        self.assertIn(
+            f"one of {self.key_path}.old-* may match (try it with --master-key)",
+            str(caught.exception),
+        )
+
 
 class BackupTests(SynchronousTestCase):
     def setUp(self) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import glob
 import os
 import sys
 import time
@@ -23,7 +22,7 @@ from typing import TextIO
 
 from keycast_tw.cli import authorizations, daemon, identity, keys, maintenance, policies
 from keycast_tw.cli.context import EXIT_FAILURE, EXIT_USAGE, CliError, Context
-from keycast_tw.config import OPTIONS, ConfigError, KeycastConfig, config_from
+from keycast_tw.config import OPTIONS, ConfigError, config_from
 from keycast_tw.store.admin import AdminError
 from keycast_tw.store.errors import MasterKeyError, StoreError
 
@@ -92,7 +91,7 @@ def run(
     except AdminError as error:
         return _fail(stderr, str(error), EXIT_USAGE)
     except MasterKeyError as error:
-        return _fail(stderr, str(error) + _older_keys_hint(str(error), config), EXIT_FAILURE)
+        return _fail(stderr, str(error), EXIT_FAILURE)
     except StoreError as error:
         return _fail(stderr, str(error), EXIT_FAILURE)
     except BrokenPipeError:
@@ -103,27 +102,6 @@ def run(
         return _fail(stderr, "interrupted", 130)
     finally:
         ctx.close()
-
-
-_MISMATCH = "master key does not match this database"
-
-
-def _older_keys_hint(message: str, config: KeycastConfig) -> str:
-    """Point at the keys rotate-master-key retired, when one of them may open this database.
-
-    A database restored from a backup taken before a rotation opens only with the key that
-    rotation kept as ``<key>.old-<UTC time>`` (keycast_tw.store.rotation); the bare mismatch
-    message would leave the operator guessing.
-    """
-    if config.kms is not None or _MISMATCH not in message or ".old-" in message:
-        return ""
-    pattern = glob.escape(config.master_key_path) + ".old-*"
-    if not glob.glob(pattern):
-        return ""
-    return (
-        f"; if this database is older than a key rotation, one of {config.master_key_path}"
-        ".old-* may match (try it with --master-key)"
-    )
 
 
 def _fail(stderr: TextIO, message: str, status: int) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import glob
 import os
 import sqlite3
 import stat
@@ -298,6 +299,23 @@ def record_key_info(
         return cursor.rowcount == 1
 
 
+def _mismatch_hint(master_key_path: str) -> str:
+    """What to try when the key file does not open the database: a key a rotation left beside it.
+
+    An interrupted rotation leaves the database under ``<key>.new``; a database restored from a
+    backup older than a rotation opens with the key that rotation kept as
+    ``<key>.old-<UTC time>`` (keycast_tw.store.rotation).
+    """
+    if os.path.exists(master_key_path + ".new"):
+        return f"; a rotation was interrupted: {master_key_path}.new may hold the matching key"
+    if glob.glob(glob.escape(master_key_path) + ".old-*"):
+        return (
+            f"; if this database is older than a key rotation, one of {master_key_path}.old-*"
+            " may match (try it with --master-key)"
+        )
+    return ""
+
+
 def open_file_cipher(conn: sqlite3.Connection, master_key_path: str) -> SecretCipher:
     """The synchronous file-key path (CLI, daemon's DB thread): read, verify or record key_check."""
     cipher = SecretCipher(read_master_key_file(master_key_path))
@@ -306,9 +324,7 @@ def open_file_cipher(conn: sqlite3.Connection, master_key_path: str) -> SecretCi
         raise MasterKeyError(
             f"this database is encrypted with {info[0]}, not a master key file; use --kms gcp"
         )
-    hint = ""
-    if os.path.exists(master_key_path + ".new"):
-        hint = f"; a rotation was interrupted: {master_key_path}.new may hold the matching key"
+    hint = _mismatch_hint(master_key_path)
     verify_keys(conn, cipher, hint=hint)
     if info is None:
         record_key_info(conn, cipher, kind=KIND_FILE)
