@@ -461,8 +461,8 @@ def connect(
         raise InvalidInput(
             f"none of the URI's relays ({wanted}) is one of the daemon's relays "
             f"({', '.join(daemon_relays)}): the client would never hear the daemon's response. "
-            f"Add {uri.relays[0][:100]} to the daemon's relays (--relay or KEYCAST_RELAYS, for "
-            "the daemon and this command), restart the daemon, then run this again"
+            f"Add {uri.relays[0][:100]} to the daemon's relays (its --relay or KEYCAST_RELAYS), "
+            "restart the daemon, then run this again"
         )
     now = int(clock())
     if expires_at is not None and expires_at <= now:
