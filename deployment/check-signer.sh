@@ -8,15 +8,19 @@
 # Usage: check-signer.sh [--url BASE] [--min-relays N] [--max-error-rate PERCENT]
 #                        [--min-requests N] [--max-idle SECONDS] [--state FILE] [--timeout SECONDS]
 #
-#   --url BASE             daemon base URL (env KEYCAST_URL, default http://127.0.0.1:${PORT:-8080})
+#   --url BASE             daemon base URL (env KEYCAST_URL); without it, the daemon's own setting
+#                          says where it is: KEYCAST_HEALTH (tcp:PORT[:interface=ADDR], tcp6:...,
+#                          unix:PATH; an interface of 0.0.0.0 or :: is dialled on loopback), else
+#                          PORT (127.0.0.1:PORT), else the default tcp:8080:interface=127.0.0.1
 #   --min-relays N         fewer connected relays than N is a WARNING; none is CRITICAL
 #                          (env KEYCAST_CHECK_MIN_RELAYS, default 2)
 #   --max-error-rate P     a share of NIP-46 requests answered with an error above P percent is a
 #                          WARNING (env KEYCAST_CHECK_MAX_ERROR_RATE, default 10)
 #   --min-requests N       the error rate is judged only over at least N requests
 #                          (env KEYCAST_CHECK_MIN_REQUESTS, default 20)
-#   --max-idle SECONDS     no NIP-46 request for longer than this is a WARNING; 0 turns the check
-#                          off, which suits signers with few users (env KEYCAST_CHECK_MAX_IDLE, default 0)
+#   --max-idle SECONDS     no NIP-46 request for longer than this is a WARNING, also when none came
+#                          since a start-up longer ago than this; 0 turns the check off, which
+#                          suits signers with few users (env KEYCAST_CHECK_MAX_IDLE, default 0)
 #   --state FILE           remember the request counters here, so the error rate is that of the
 #                          requests since the previous run instead of since start-up
 #                          (env KEYCAST_CHECK_STATE, default none)
@@ -29,7 +33,88 @@
 #           || mail -s "Keycast signer alert" admin@example.com
 set -uo pipefail
 
-base=${KEYCAST_URL:-http://127.0.0.1:${PORT:-8080}}
+# endpoint_target ENDPOINT: where to dial a daemon whose --health / KEYCAST_HEALTH is ENDPOINT, a
+# Twisted server endpoint string, as `keycast check` does (target_from_endpoint in
+# keycast_tw/cli/daemon.py): tcp:PORT[:interface=ADDR] and tcp6:... give target_url
+# http://ADDR:PORT (no interface, 0.0.0.0 or :: mean loopback: 127.0.0.1, or ::1 for tcp6);
+# unix:PATH gives target_socket PATH and target_url http://localhost. Fields are split at colons
+# not escaped with a backslash ("\:" is a colon). Returns 1 for an endpoint it cannot dial (ssl:,
+# systemd:, a malformed one). The same function is in healthcheck.sh; tests/test_deployment.py checks
+# both against target_from_endpoint.
+endpoint_target() {
+    target_url=
+    target_socket=
+    rest=$1
+    kind=
+    kind_seen=
+    positional=
+    positional_seen=
+    interface=
+    last_field=
+    while [ -z "$last_field" ]; do
+        field=
+        while :; do
+            case $rest in
+                *:*)
+                    piece=${rest%%:*}
+                    rest=${rest#*:}
+                    case $piece in
+                        *\\) field=$field${piece%?}:; continue ;;
+                    esac
+                    field=$field$piece
+                    ;;
+                *)
+                    field=$field$rest
+                    last_field=1
+                    ;;
+            esac
+            break
+        done
+        if [ -z "$kind_seen" ]; then
+            kind=$field
+            kind_seen=1
+            continue
+        fi
+        case $field in
+            interface=*) interface=${field#interface=} ;;
+            *=*) ;;
+            *) if [ -z "$positional_seen" ]; then positional=$field; positional_seen=1; fi ;;
+        esac
+    done
+    case $kind in
+        unix)
+            [ -n "$positional" ] || return 1
+            target_socket=$positional
+            target_url=http://localhost
+            ;;
+        tcp|tcp6)
+            case $positional in
+                ''|*[!0-9]*) return 1 ;;
+            esac
+            while :; do
+                case $positional in
+                    0?*) positional=${positional#0} ;;
+                    *) break ;;
+                esac
+            done
+            case $interface in
+                '') if [ "$kind" = tcp6 ]; then interface=::1; else interface=127.0.0.1; fi ;;
+                0.0.0.0) interface=127.0.0.1 ;;
+                ::|::0) interface=::1 ;;
+            esac
+            case $interface in
+                *%*) interface=${interface%%[%]*}%25${interface#*[%]} ;;
+            esac
+            case $interface in
+                *:*) interface="[$interface]" ;;
+            esac
+            target_url=http://$interface:$positional
+            ;;
+        *) return 1 ;;
+    esac
+}
+
+base=${KEYCAST_URL:-}
 min_relays=${KEYCAST_CHECK_MIN_RELAYS:-2}
 max_error_rate=${KEYCAST_CHECK_MAX_ERROR_RATE:-10}
 min_requests=${KEYCAST_CHECK_MIN_REQUESTS:-20}
@@ -63,19 +148,47 @@ done
 case "$max_error_rate" in
     ''|*[!0-9.]*) echo "UNKNOWN: not a percentage: '$max_error_rate'"; exit 3 ;;
 esac
+# Where the daemon is: --url / KEYCAST_URL, else what the daemon itself listens on.
+socket=
+if [ -z "$base" ]; then
+    if [ -n "${KEYCAST_HEALTH:-}" ]; then
+        origin=KEYCAST_HEALTH endpoint=$KEYCAST_HEALTH
+    elif [ -n "${PORT:-}" ]; then
+        origin=PORT endpoint=tcp:$PORT
+    else
+        origin=default endpoint=tcp:8080:interface=127.0.0.1
+    fi
+    if ! endpoint_target "$endpoint"; then
+        echo "UNKNOWN: cannot dial the health endpoint '$endpoint' ($origin) from here;" \
+            "give the daemon's URL with --url http://HOST:PORT"
+        exit 3
+    fi
+    base=$target_url
+    socket=$target_socket
+fi
 base=${base%/}
+curl_socket=()
+if [ -n "$socket" ]; then
+    curl_socket=(--unix-socket "$socket")
+fi
 
 workdir=$(mktemp -d) || { echo "UNKNOWN: cannot create a temporary directory"; exit 3; }
 trap 'rm -rf "$workdir"' EXIT
 
+# where PATH: the URL of PATH, for messages.
+where() {
+    if [ -n "$socket" ]; then echo "/$1 on unix:$socket"; else echo "$base/$1"; fi
+}
+
 # fetch PATH: the body goes to $workdir/PATH, the HTTP status (000 when unreachable) to stdout.
 fetch() {
-    curl -sS --max-time "$timeout" -o "$workdir/$1" -w '%{http_code}' "$base/$1" 2>"$workdir/$1.err"
+    curl -sS --max-time "$timeout" ${curl_socket[@]+"${curl_socket[@]}"} -o "$workdir/$1" \
+        -w '%{http_code}' "$base/$1" 2>"$workdir/$1.err"
 }
 
 code=$(fetch health)
 if [ "$code" != 200 ]; then
-    echo "CRITICAL: $base/health not responding (HTTP $code) $(head -c 200 "$workdir/health.err")"
+    echo "CRITICAL: $(where health) not responding (HTTP $code) $(head -c 200 "$workdir/health.err")"
     exit 2
 fi
 echo "ok: health endpoint responding"
@@ -89,7 +202,7 @@ echo "ok: ready (database open, authorizations loaded, relay subscription live)"
 
 code=$(fetch status)
 if [ "$code" != 200 ]; then
-    echo "UNKNOWN: $base/status answered HTTP $code"
+    echo "UNKNOWN: $(where status) answered HTTP $code"
     exit 3
 fi
 
@@ -110,6 +223,7 @@ try:
     relays = status["relays"]
     counters = status["requests"]
     last_request_at = status.get("last_request_at")
+    uptime = status.get("uptime_seconds")
 except (ValueError, KeyError, TypeError) as e:
     print(f"UNKNOWN: /status is not the expected JSON ({type(e).__name__}: {e})")
     sys.exit(3)
@@ -160,7 +274,14 @@ else:
     report(0, text)
 
 if last_request_at is None:
-    print("info: no NIP-46 request since start-up (normal when no client is active)")
+    # A daemon restarted into silence (clients pointed at another relay, a subscription that
+    # hears nothing) never gets a last_request_at: judge its uptime instead.
+    known = isinstance(uptime, (int, float)) and not isinstance(uptime, bool)
+    if max_idle and known and uptime > max_idle:
+        report(1, f"no NIP-46 request since start-up {int(uptime)} s ago; "
+                  f"idle for more than {max_idle} s")
+    else:
+        print("info: no NIP-46 request since start-up (normal when no client is active)")
 else:
     idle = max(0, int(time.time() - float(last_request_at)))
     text = f"last NIP-46 request {idle} s ago"

@@ -9,22 +9,133 @@
 # get the relay back, it only loses its warm state. /ready and the deeper checks belong to
 # check-signer.sh (cron, alerting) and to Cloud Run's startup probe.
 #
-# Environment:
-#   KEYCAST_HEALTH_URL  full URL to probe (default http://127.0.0.1:${PORT:-8080}/health)
+# Environment (the first one set says where the daemon is; KEYCAST_HEALTH and PORT are the
+# daemon's own settings, read in the daemon's order):
+#   KEYCAST_HEALTH_URL  full URL to probe, for a daemon elsewhere (e.g. http://10.0.0.5:8080/health)
+#   KEYCAST_HEALTH      the daemon's health endpoint, a Twisted endpoint string: tcp:PORT,
+#                       tcp:PORT:interface=ADDR, tcp6:PORT:interface=\:\:1 or unix:PATH (probed
+#                       with curl --unix-socket); an interface of 0.0.0.0 or :: (or none) is
+#                       probed on loopback, as `keycast check` does
+#   PORT                the daemon's port on every interface (probed on 127.0.0.1)
+#   (none)              the daemon's default, tcp:8080:interface=127.0.0.1
 #   KEYCAST_HEALTH_TIMEOUT  seconds before the probe gives up (default 4, under Docker's 5 s timeout)
 set -eu
+
+# endpoint_target ENDPOINT: where to dial a daemon whose --health / KEYCAST_HEALTH is ENDPOINT, a
+# Twisted server endpoint string, as `keycast check` does (target_from_endpoint in
+# keycast_tw/cli/daemon.py): tcp:PORT[:interface=ADDR] and tcp6:... give target_url
+# http://ADDR:PORT (no interface, 0.0.0.0 or :: mean loopback: 127.0.0.1, or ::1 for tcp6);
+# unix:PATH gives target_socket PATH and target_url http://localhost. Fields are split at colons
+# not escaped with a backslash ("\:" is a colon). Returns 1 for an endpoint it cannot dial (ssl:,
+# systemd:, a malformed one). The same function is in check-signer.sh; tests/test_deployment.py checks
+# both against target_from_endpoint.
+endpoint_target() {
+    target_url=
+    target_socket=
+    rest=$1
+    kind=
+    kind_seen=
+    positional=
+    positional_seen=
+    interface=
+    last_field=
+    while [ -z "$last_field" ]; do
+        field=
+        while :; do
+            case $rest in
+                *:*)
+                    piece=${rest%%:*}
+                    rest=${rest#*:}
+                    case $piece in
+                        *\\) field=$field${piece%?}:; continue ;;
+                    esac
+                    field=$field$piece
+                    ;;
+                *)
+                    field=$field$rest
+                    last_field=1
+                    ;;
+            esac
+            break
+        done
+        if [ -z "$kind_seen" ]; then
+            kind=$field
+            kind_seen=1
+            continue
+        fi
+        case $field in
+            interface=*) interface=${field#interface=} ;;
+            *=*) ;;
+            *) if [ -z "$positional_seen" ]; then positional=$field; positional_seen=1; fi ;;
+        esac
+    done
+    case $kind in
+        unix)
+            [ -n "$positional" ] || return 1
+            target_socket=$positional
+            target_url=http://localhost
+            ;;
+        tcp|tcp6)
+            case $positional in
+                ''|*[!0-9]*) return 1 ;;
+            esac
+            while :; do
+                case $positional in
+                    0?*) positional=${positional#0} ;;
+                    *) break ;;
+                esac
+            done
+            case $interface in
+                '') if [ "$kind" = tcp6 ]; then interface=::1; else interface=127.0.0.1; fi ;;
+                0.0.0.0) interface=127.0.0.1 ;;
+                ::|::0) interface=::1 ;;
+            esac
+            case $interface in
+                *%*) interface=${interface%%[%]*}%25${interface#*[%]} ;;
+            esac
+            case $interface in
+                *:*) interface="[$interface]" ;;
+            esac
+            target_url=http://$interface:$positional
+            ;;
+        *) return 1 ;;
+    esac
+}
 
 case "${1:-signer}" in
     signer) ;;
     *) echo "usage: healthcheck.sh [signer]" >&2; exit 2 ;;
 esac
 
-url=${KEYCAST_HEALTH_URL:-http://127.0.0.1:${PORT:-8080}/health}
 timeout=${KEYCAST_HEALTH_TIMEOUT:-4}
+set -- -fsS --max-time "$timeout"
+if [ -n "${KEYCAST_HEALTH_URL:-}" ]; then
+    url=$KEYCAST_HEALTH_URL
+    where=$url
+else
+    if [ -n "${KEYCAST_HEALTH:-}" ]; then
+        origin=KEYCAST_HEALTH endpoint=$KEYCAST_HEALTH
+    elif [ -n "${PORT:-}" ]; then
+        origin=PORT endpoint=tcp:$PORT
+    else
+        origin=default endpoint=tcp:8080:interface=127.0.0.1
+    fi
+    if ! endpoint_target "$endpoint"; then
+        echo "unhealthy: cannot probe the health endpoint '$endpoint' ($origin) from here;" \
+            "set KEYCAST_HEALTH_URL to its http:// URL" >&2
+        exit 1
+    fi
+    url=$target_url/health
+    where=$url
+    if [ -n "$target_socket" ]; then
+        set -- "$@" --unix-socket "$target_socket"
+        where="unix:$target_socket /health"
+    fi
+fi
 
-if body=$(curl -fsS --max-time "$timeout" "$url" 2>&1); then
-    echo "healthy: $url answered ${body}"
+if body=$(curl "$@" "$url" 2>&1); then
+    echo "healthy: $where answered ${body}"
     exit 0
 fi
-echo "unhealthy: $url: ${body}" >&2
+echo "unhealthy: $where: ${body}" >&2
 exit 1

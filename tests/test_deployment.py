@@ -716,7 +716,7 @@ class FakeDaemon:
 
 
 def status_json(*, connected: int = 3, ok: int = 100, error: int = 0,
-                last_request_at: float | None = None) -> str:
+                last_request_at: float | None = None, uptime: float = 100.0) -> str:
     """A /status body in the daemon's shape."""
     relays = [
         {"url": f"wss://relay{i}.example", "connected": i < connected,
@@ -724,7 +724,7 @@ def status_json(*, connected: int = 3, ok: int = 100, error: int = 0,
         for i in range(3)
     ]
     return json.dumps({
-        "version": "0.1.0", "uptime": 100, "ready": connected > 0,
+        "version": "0.1.0", "uptime_seconds": uptime, "ready": connected > 0,
         "authorizations": {"total": 2, "regular": 2, "oauth": 0},
         "relays": relays,
         "requests": {"sign_event": {"ok": ok, "error": error}, "connect": {"ok": 1, "error": 0}},
@@ -832,13 +832,187 @@ class MonitoringScriptTests(SynchronousTestCase):
             self.assertNotIn("Traceback", result.stdout + result.stderr)
 
 
+    def test_max_idle_without_any_request(self) -> None:
+        """No request since start-up (last_request_at null): with --max-idle N a daemon up for
+        more than N s is a WARNING like an idle one; up for N s or less, or without --max-idle,
+        it is the info line and exit 0."""
+        cases = [
+            (7200.5, ["--max-idle", "3600"], 1,
+             "WARNING: no NIP-46 request since start-up 7200 s ago; idle for more than 3600 s"),
+            (3600.0, ["--max-idle", "3600"], 0, "info: no NIP-46 request since start-up"),
+            (7200.5, [], 0, "info: no NIP-46 request since start-up"),
+        ]
+        for uptime, args, code, text in cases:
+            body = status_json(last_request_at=None, uptime=uptime)
+            result = self.check(self.daemon(status=(200, body)).url, *args)
+            self.assertEqual(result.returncode, code, (uptime, args, result.stdout))
+            self.assertIn(text, result.stdout)
+        body = status_json(last_request_at=None, uptime=7200)
+        result = self.check(self.daemon(status=(200, body)).url, KEYCAST_CHECK_MAX_IDLE="60")
+        self.assertEqual(result.returncode, 1, result.stdout)
+        self.assertIn("idle for more than 60 s", result.stdout)
+
+
+class EndpointDerivationTests(SynchronousTestCase):
+    """healthcheck.sh and check-signer.sh find the daemon as `keycast check` does: from
+    KEYCAST_HEALTH, then PORT, then the default, unless a URL is given (KEYCAST_HEALTH_URL,
+    KEYCAST_URL, --url). A stand-in curl records what the scripts ask for."""
+
+    ENDPOINTS: ClassVar[list[str]] = [
+        "tcp:18080:interface=127.0.0.1",
+        "tcp:18080",
+        "tcp:018080",
+        "tcp:18080:interface=0.0.0.0",
+        "tcp:18080:backlog=50:interface=10.1.2.3",
+        "tcp:interface=127.0.0.1:18080",
+        "tcp6:18080",
+        "tcp6:18080:interface=\\:\\:",
+        "tcp6:18080:interface=\\:\\:1",
+        "tcp6:18080:interface=fe80\\:\\:1%eth0",
+        "unix:/run/keycast/health.sock",
+        "unix:/run/keycast/a\\:b.sock:mode=0660",
+        "unix:relative.sock",
+    ]
+
+    def fake_curl(self) -> tuple[Path, Path]:
+        """A bin directory whose curl appends its argv (JSON) to a log and fails like an
+        unreachable server (exit 7), and that log."""
+        bin_dir = Path(self.mktemp()).resolve()
+        bin_dir.mkdir()
+        log = bin_dir / "calls.jsonl"
+        curl = bin_dir / "curl"
+        curl.write_text(
+            f"#!{sys.executable}\n"
+            "import json, sys\n"
+            f"with open({str(log)!r}, 'a') as f:\n"
+            "    f.write(json.dumps(sys.argv[1:]) + '\\n')\n"
+            "sys.stderr.write('curl: (7) Failed to connect\\n')\n"
+            "sys.exit(7)\n"
+        )
+        curl.chmod(0o755)
+        return bin_dir, log
+
+    def probe(self, script: str, env: Mapping[str, str], *args: str) -> tuple[
+            subprocess.CompletedProcess[str], tuple[str, str | None]]:
+        """Run ``script`` with the stand-in curl; (its result, (URL, --unix-socket or None))."""
+        bin_dir, log = self.fake_curl()
+        environ = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", **env}
+        result = run([str(DEPLOY / script), *args], env=environ)
+        calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        self.assertEqual(len(calls), 1, (script, env, calls, result.stdout, result.stderr))
+        [argv] = calls
+        socket = argv[argv.index("--unix-socket") + 1] if "--unix-socket" in argv else None
+        return result, (argv[-1], socket)
+
+    @staticmethod
+    def expected(endpoint: str) -> tuple[str, str | None]:
+        """Where `keycast check` dials ``endpoint``, as a base URL and a UNIX socket path."""
+        from keycast_tw.cli.daemon import target_from_endpoint
+
+        target = target_from_endpoint(endpoint)
+        if target.unix_path is not None:
+            return "http://localhost", target.unix_path
+        host = target.host.replace("%", "%25")
+        return f"http://{f'[{host}]' if ':' in host else host}:{target.port}", None
+
+    def test_keycast_health_as_the_cli_reads_it(self) -> None:
+        """Every dialable endpoint form gives the address target_from_endpoint gives, in both
+        scripts; a PORT beside KEYCAST_HEALTH is ignored, as by the daemon."""
+        for endpoint in self.ENDPOINTS:
+            base, socket = self.expected(endpoint)
+            env = {"KEYCAST_HEALTH": endpoint, "PORT": "9999", "KEYCAST_HEALTH_TIMEOUT": "1"}
+            result, got = self.probe("healthcheck.sh", env)
+            self.assertEqual(got, (base + "/health", socket), endpoint)
+            self.assertEqual(result.returncode, 1, (endpoint, result.stderr))
+            self.assertIn("unhealthy: ", result.stderr)
+            result, got = self.probe("check-signer.sh", env)
+            self.assertEqual(got, (base + "/health", socket), endpoint)
+            self.assertEqual(result.returncode, 2, (endpoint, result.stdout))
+            where = f"/health on unix:{socket}" if socket else f"{base}/health"
+            self.assertIn(f"CRITICAL: {where} not responding", result.stdout)
+
+    def test_one_function_in_both_scripts(self) -> None:
+        """The endpoint parser is copied into each script (each is installed on its own): the
+        copies are the same."""
+        copies = []
+        for name in ("healthcheck.sh", "check-signer.sh"):
+            found = re.search(r"(?ms)^endpoint_target\(\) \{$.*?^\}$",
+                              (DEPLOY / name).read_text())
+            assert found is not None, name
+            copies.append(found.group(0))
+        self.assertEqual(copies[0], copies[1])
+
+    def test_precedence(self) -> None:
+        """A URL beats KEYCAST_HEALTH, which beats PORT, which beats the daemon's default."""
+        health = {"KEYCAST_HEALTH": "tcp:18081", "PORT": "18082"}
+        cases: list[tuple[str, dict[str, str], list[str], str]] = [
+            ("healthcheck.sh", {**health, "KEYCAST_HEALTH_URL": "http://h:1/health"}, [],
+             "http://h:1/health"),
+            ("healthcheck.sh", health, [], "http://127.0.0.1:18081/health"),
+            ("healthcheck.sh", {"PORT": "18082"}, [], "http://127.0.0.1:18082/health"),
+            ("healthcheck.sh", {}, [], "http://127.0.0.1:8080/health"),
+            ("check-signer.sh", {**health, "KEYCAST_URL": "http://h:2/"}, [],
+             "http://h:2/health"),
+            ("check-signer.sh", {**health, "KEYCAST_URL": "http://h:2"},
+             ["--url", "http://h:3"], "http://h:3/health"),
+            ("check-signer.sh", health, [], "http://127.0.0.1:18081/health"),
+            ("check-signer.sh", {"PORT": "18082"}, [], "http://127.0.0.1:18082/health"),
+            ("check-signer.sh", {}, [], "http://127.0.0.1:8080/health"),
+        ]
+        for script, env, args, url in cases:
+            _, got = self.probe(script, env, *args)
+            self.assertEqual(got, (url, None), (script, env, args))
+
+    def test_endpoint_it_cannot_dial(self) -> None:
+        """ssl:, systemd: or a malformed setting: one line naming the setting and what to set
+        instead, healthcheck.sh 1 (unhealthy), check-signer.sh 3 (UNKNOWN); nothing probed."""
+        bin_dir, log = self.fake_curl()
+        path = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+        for env in [{"KEYCAST_HEALTH": "ssl:8443:privateKey=k.pem"},
+                    {"KEYCAST_HEALTH": "systemd:domain=INET:index=0"},
+                    {"KEYCAST_HEALTH": "tcp:http"}, {"PORT": "eighty"}]:
+            result = run([str(DEPLOY / "healthcheck.sh")], env={"PATH": path, **env})
+            self.assertEqual(result.returncode, 1, (env, result.stderr))
+            self.assertIn("KEYCAST_HEALTH_URL", result.stderr)
+            self.assertIn(next(iter(env)), result.stderr)
+            result = run([str(DEPLOY / "check-signer.sh")], env={"PATH": path, **env})
+            self.assertEqual(result.returncode, 3, (env, result.stdout))
+            self.assertIn("UNKNOWN: cannot dial the health endpoint", result.stdout)
+            self.assertIn("--url", result.stdout)
+        self.assertFalse(log.exists(), log.read_text() if log.exists() else "")
+
+    def test_against_a_stand_in_daemon(self) -> None:
+        """With the real curl: a daemon on 127.0.0.1 found through KEYCAST_HEALTH alone (an
+        interface of 0.0.0.0 is probed on loopback)."""
+        need_tool("curl")
+        fake = FakeDaemon({"/health": (200, "OK"), "/ready": (200, '{"ready": true}'),
+                           "/status": (200, status_json(last_request_at=time.time()))})
+        self.addCleanup(fake.close)
+        port = fake.url.rsplit(":", 1)[1]
+        for endpoint in (f"tcp:{port}:interface=127.0.0.1", f"tcp:{port}:interface=0.0.0.0"):
+            env = {"PATH": os.environ["PATH"], "KEYCAST_HEALTH": endpoint}
+            result = run([str(DEPLOY / "healthcheck.sh")], env=env)
+            self.assertEqual(result.returncode, 0, (endpoint, result.stderr))
+            self.assertIn(f"healthy: http://127.0.0.1:{port}/health answered OK", result.stdout)
+            result = run([str(DEPLOY / "check-signer.sh")], env=env)
+            self.assertEqual(result.returncode, 0, (endpoint, result.stdout))
+
+
 class BackupScriptTests(SynchronousTestCase):
     """backup-db.sh with a stand-in keycast: verified copies, 7 days kept, failures reported."""
 
-    def backup(self, behaviour: str, backups: Path) -> subprocess.CompletedProcess[str]:
-        """Run backup-db.sh; the fake keycast writes a good database, garbage, or fails."""
+    def backup(
+        self, behaviour: str, backups: Path, *, stamp: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run backup-db.sh; the fake keycast writes a good database, garbage, or fails.
+
+        With ``stamp``, a stand-in ``date`` prints it, so runs share a second."""
         bin_dir = Path(self.mktemp()).resolve()
         bin_dir.mkdir()
+        if stamp is not None:
+            fake_date = bin_dir / "date"
+            fake_date.write_text(f"#!/bin/sh\necho {stamp}\n")
+            fake_date.chmod(0o755)
         fake = bin_dir / "keycast"
         fake.write_text(
             f"#!{sys.executable}\n"
@@ -852,9 +1026,10 @@ class BackupScriptTests(SynchronousTestCase):
             "else:\n"
             "    db = sqlite3.connect(sys.argv[2])\n"
             "    db.execute('create table t (x)'); db.commit(); db.close()\n"
+            "    print(f'Backed up database to {sys.argv[2]}')\n"
         )
         fake.chmod(0o755)
-        env = {"PATH": os.environ["PATH"], "KEYCAST_BIN": str(fake),
+        env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "KEYCAST_BIN": str(fake),
                "DATABASE_PATH": str(bin_dir / "keycast.db")}
         return run([str(DEPLOY / "backup-db.sh"), str(backups)], env=env)
 
@@ -882,6 +1057,25 @@ class BackupScriptTests(SynchronousTestCase):
         names = {p.name for p in backups.iterdir()}
         self.assertEqual(names, {new[0].name, "keycast-a.db", "keycast-b.db", "notes.txt"})
         self.assertIn("pruned: ", result.stdout)
+        self.assertEqual(result.stdout.splitlines()[0], f"backup written: {new[0]}")
+
+    def test_same_second_names(self) -> None:
+        """Runs within one second get keycast-STAMP.db, then -2, -3: none replaces another,
+        and each prints one line naming its own file (not keycast's temporary one)."""
+        backups = Path(self.mktemp()).resolve()
+        backups.mkdir()
+        taken = backups / "keycast-20250101-020000.db"
+        taken.write_text("an older backup")
+        expected = [backups / "keycast-20250101-020000-2.db",
+                    backups / "keycast-20250101-020000-3.db"]
+        for path in expected:
+            result = self.backup("good", backups, stamp="20250101-020000")
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertEqual(result.stdout, f"backup written: {path}\n")
+            self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o600)
+        self.assertEqual(taken.read_text(), "an older backup")
+        self.assertEqual(sorted(p.name for p in backups.iterdir()),
+                         sorted(p.name for p in [taken, *expected]))
 
     def test_failures_keep_old_backups(self) -> None:
         """A failed or corrupt copy exits 1, leaves nothing behind and prunes nothing."""

@@ -7,10 +7,13 @@ this module runs them against ``twistd keycast`` itself, on 127.0.0.1, with a re
 
 - healthcheck.sh, check-signer.sh, ``keycast status`` and ``keycast check`` give the documented
   exit codes for a healthy daemon, one whose relay went down, one that never got a relay, and a
-  stopped one;
+  stopped one; the scripts find the daemon from KEYCAST_HEALTH (or PORT) alone, as keycast
+  check does, on TCP and on a UNIX socket; check-signer.sh --max-idle warns about a daemon that
+  has been up longer than that without any request;
 - backup-db.sh backs the running daemon up with the real ``keycast backup``; the runbook's
   restore steps put the copy under a fresh daemon (new database path, same master key), and a
-  client session bound before the backup is served by it, with the same keys;
+  client session bound before the backup is served by it, with the same keys; runs within one
+  second, one after the other or at once, each keep a file of their own;
 - the Dockerfile's CMD, the systemd unit's ExecStart, supervisor's command and the Cloud Run
   wrapper's final exec are parsed from their files and run outside their managers, with the
   environment those files set (paths moved into a temporary directory, relays and the health
@@ -271,6 +274,120 @@ class ScriptsAgainstLiveDaemonTests(TestCase):
         self.assertIn("UNREACHABLE", ran["check"].stdout)
 
 
+    async def probes_from_environment(
+        self, env: Mapping[str, str], *check_args: str
+    ) -> dict[str, Ran]:
+        """healthcheck.sh, check-signer.sh and keycast check with no URL given: each finds the
+        daemon from ``env`` (KEYCAST_HEALTH, PORT) alone."""
+        return {
+            "healthcheck": await run_command(
+                self.fx, "healthcheck", [HEALTHCHECK, "signer"], env=env
+            ),
+            "check-signer": await run_command(
+                self.fx, "check-signer", [CHECK_SIGNER, *check_args], env=env
+            ),
+            "check": await run_command(
+                self.fx, "keycast-check", [str(VENV_BIN / "keycast"), "check"], env=env
+            ),
+        }
+
+    async def test_keycast_health_tcp(self) -> None:
+        """A daemon on a port other than 8080, named only by KEYCAST_HEALTH (the setting it
+        listens on): both scripts probe it there, as keycast check does, whatever form the
+        setting takes (an interface of 0.0.0.0 or none is probed on 127.0.0.1); KEYCAST_HEALTH
+        wins over PORT, as in the daemon; PORT alone is used too; a URL wins over both."""
+        _, daemon, _ = await live_daemon(self.fx)
+        port = daemon.health_port
+        closed = free_port()
+        for endpoint in (f"tcp:{port}:interface=127.0.0.1", f"tcp:{port}",
+                         f"tcp:{port}:interface=0.0.0.0"):
+            env = script_env(daemon, KEYCAST_HEALTH=endpoint, PORT=str(closed))
+            ran = await self.probes_from_environment(env, "--min-relays", "1")
+            self.assert_codes(ran, healthcheck=0, check_signer=0, check=0)
+            self.assertIn(f"healthy: http://127.0.0.1:{port}/health answered OK",
+                          ran["healthcheck"].stdout)
+            self.assertIn("OK: keycast signer healthy", ran["check-signer"].stdout)
+        ran = await self.probes_from_environment(
+            script_env(daemon, PORT=str(port)), "--min-relays", "1"
+        )
+        self.assert_codes(ran, healthcheck=0, check_signer=0, check=0)
+        # The setting is really read: pointing it elsewhere makes both scripts fail there.
+        wrong = script_env(daemon, KEYCAST_HEALTH=f"tcp:{closed}:interface=127.0.0.1")
+        ran = await self.probes_from_environment(wrong, "--min-relays", "1")
+        self.assert_codes(ran, healthcheck=1, check_signer=2, check=2)
+        self.assertIn(f"http://127.0.0.1:{closed}/health not responding",
+                      ran["check-signer"].stdout)
+        # An explicit URL beats KEYCAST_HEALTH.
+        ran = await self.probes_from_environment(
+            dict(wrong, KEYCAST_HEALTH_URL=f"{daemon.health_url}/health",
+                 KEYCAST_URL=daemon.health_url),
+            "--min-relays", "1",
+        )
+        self.assert_codes(ran, healthcheck=0, check_signer=0)
+
+    async def test_keycast_health_unix(self) -> None:
+        """A daemon listening on unix:PATH only: healthcheck.sh and check-signer.sh reach it
+        with curl --unix-socket from KEYCAST_HEALTH, as keycast check does."""
+        relay = await self.fx.local_relay()
+        # AF_UNIX paths are short: not under _trial_temp.
+        socket_dir = tempfile.mkdtemp(prefix="kc-health-")
+        self.addCleanup(shutil.rmtree, socket_dir, ignore_errors=True)
+        endpoint = f"unix:{socket_dir}/health.sock"
+        daemon, _ = await prepared_daemon(self.fx, relay.url)
+        # The last --health wins: the TCP one the harness gives is replaced.
+        daemon.extra_args = ["--health", endpoint]
+        daemon.start()
+        env = script_env(daemon, KEYCAST_HEALTH=endpoint)
+
+        async def ready() -> bool:
+            if daemon.process is not None and daemon.process.ended:
+                raise daemon.process.error("ended before it was ready")
+            ran = await run_command(
+                self.fx, "keycast-check", [str(VENV_BIN / "keycast"), "check"], env=env
+            )
+            return ran.code == 0
+
+        await poll(ready, "keycast check on the UNIX socket", timeout=60)
+        ran = await self.probes_from_environment(env, "--min-relays", "1")
+        self.assert_codes(ran, healthcheck=0, check_signer=0, check=0)
+        self.assertIn(f"healthy: unix:{socket_dir}/health.sock /health answered OK",
+                      ran["healthcheck"].stdout)
+        self.assertIn("1/1 relays connected", ran["check-signer"].stdout)
+        daemon.sigterm()
+        self.assertEqual(await daemon.wait_exit(), 0)
+        ran = await self.probes_from_environment(env, "--min-relays", "1")
+        self.assert_codes(ran, healthcheck=1, check_signer=2, check=2)
+        self.assertIn(f"CRITICAL: /health on {endpoint} not responding",
+                      ran["check-signer"].stdout)
+
+    async def test_max_idle_without_any_request(self) -> None:
+        """No NIP-46 request since start-up: --max-idle N is the info line while the daemon
+        has been up N s or less, and a WARNING (exit 1) once it has been up longer."""
+        _, daemon, _ = await live_daemon(self.fx)
+        check = [CHECK_SIGNER, "--url", daemon.health_url, "--min-relays", "1"]
+        quiet = await run_command(
+            self.fx, "check-signer", [*check, "--max-idle", "3600"], env=script_env(daemon)
+        )
+        self.assertEqual(quiet.code, 0, quiet)
+        self.assertIn("info: no NIP-46 request since start-up", quiet.stdout)
+
+        async def up_for_more_than_a_second() -> bool:
+            status = await daemon.status()
+            return status["last_request_at"] is None and status["uptime_seconds"] > 1.5
+
+        await poll(up_for_more_than_a_second, "uptime_seconds > 1.5")
+        idle = await run_command(
+            self.fx, "check-signer", [*check, "--max-idle", "1"], env=script_env(daemon)
+        )
+        self.assertEqual(idle.code, 1, idle)
+        self.assertRegex(
+            idle.stdout,
+            r"WARNING: no NIP-46 request since start-up \d+ s ago; idle for more than 1 s",
+        )
+        self.assertIn("WARNING: keycast signer degraded", idle.stdout)
+        self.assertNotIn("info: no NIP-46 request", idle.stdout)
+
+
 class BackupRestoreTests(TestCase):
     """backup-db.sh on the running daemon, restored into a fresh daemon that keeps serving."""
 
@@ -297,7 +414,9 @@ class BackupRestoreTests(TestCase):
         )
         self.assertEqual(ran.code, 0, ran)
         [backup] = list(backups.glob("keycast-*.db"))
-        self.assertIn(f"backup written: {backup}", ran.stdout)
+        # One line, naming the final file: not keycast backup's temporary one.
+        self.assertEqual(ran.stdout.strip(), f"backup written: {backup}")
+        self.assertEqual(sorted(backups.iterdir()), [backup])
         self.assertEqual(os.stat(backup).st_mode & 0o777, 0o600)
         self.assertEqual(daemon.process.ended if daemon.process else True, False)
         integrity = await run_command(
@@ -342,6 +461,45 @@ class BackupRestoreTests(TestCase):
         )
         self.assertFalse(stranger.ok, stranger.report())
         self.assertIn("not connected", stranger.step("get_public_key").get("error", ""))
+
+
+    async def test_backups_in_the_same_second_keep_their_own_names(self) -> None:
+        """Four runs that share one second (a stand-in date), two after each other and two at
+        once, on the running daemon: keycast-STAMP.db, -2, -3, -4, each a sound copy named by
+        the one line its run printed; none replaced, no temporary file left."""
+        fx = InteropFixture(self)
+        _, daemon, _ = await live_daemon(fx)
+        bin_dir = fx.root / "fake-date"
+        bin_dir.mkdir()
+        (bin_dir / "date").write_text("#!/bin/sh\necho 20250101-020000\n")
+        (bin_dir / "date").chmod(0o755)
+        env = script_env(daemon, KEYCAST_BIN=str(VENV_BIN / "keycast"))
+        env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+        backups = fx.root / "backups"
+        argv = [BACKUP_DB, str(backups)]
+        ran = [await run_command(fx, "backup-db", argv, env=env) for _ in range(2)]
+        together = [fx.spawn(f"backup-db-{i}", argv, env=env) for i in range(2)]
+        for process in together:
+            code = await process.wait_exit(timeout=SCRIPT_TIMEOUT)
+            ran.append(Ran(argv, code, "\n".join(process.stdout_lines),
+                           "\n".join(process.stderr_lines)))
+        written = []
+        for result in ran:
+            self.assertEqual(result.code, 0, result)
+            line = result.stdout.strip()
+            self.assertRegex(line, r"^backup written: \S+$", result)
+            written.append(Path(line.split(": ", 1)[1]))
+        stem = backups / "keycast-20250101-020000"
+        self.assertEqual(written[:2], [Path(f"{stem}.db"), Path(f"{stem}-2.db")])
+        self.assertEqual(sorted(written[2:]), [Path(f"{stem}-3.db"), Path(f"{stem}-4.db")])
+        self.assertEqual(sorted(backups.iterdir()), sorted(written))  # nothing else left
+        for path in written:
+            self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+            integrity = await run_command(
+                fx, "sqlite3", [shutil.which("sqlite3") or "sqlite3", str(path),
+                                "PRAGMA integrity_check;"], env=script_env(daemon),
+            )
+            self.assertEqual((integrity.code, integrity.stdout.strip()), (0, "ok"), integrity)
 
 
 class _NotifyListener(DatagramProtocol):
