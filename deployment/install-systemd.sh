@@ -85,11 +85,24 @@ if [ -n "$master_key" ]; then
 fi
 if [ "$venv" = yes ]; then
     # Creates the database and, when none was imported, a new 0600 master key; keeps existing ones.
-    (umask 077 && DATABASE_PATH=$opt/database/keycast.db MASTER_KEY_PATH=$opt/master.key \
-        "$opt/venv/bin/keycast" init)
-    chown "$user:$group" "$opt/master.key"
+    # With the daemon's own settings (Cloud KMS instead of a key file, for one), so that an
+    # upgrade of a KMS install does not look for a master.key that never existed.
+    (
+        umask 077
+        set -a
+        if [ -r "$root/etc/keycast/keycast.env" ]; then
+            # shellcheck source=/dev/null
+            . "$root/etc/keycast/keycast.env"
+        fi
+        set +a
+        DATABASE_PATH=$opt/database/keycast.db MASTER_KEY_PATH=$opt/master.key \
+            "$opt/venv/bin/keycast" init
+    )
+    if [ -e "$opt/master.key" ]; then
+        chown "$user:$group" "$opt/master.key"
+        chmod 0600 "$opt/master.key"
+    fi
     chown -R "$user:$group" "$opt/database"
-    chmod 0600 "$opt/master.key"
 fi
 
 install -o root -g root -m 0644 "$here/keycast-signer.service" \

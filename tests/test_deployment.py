@@ -36,6 +36,7 @@ import yaml
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from keycast_tw.config import OPTIONS, ConfigError, config_from
+from keycast_tw.relay.options import RelayOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deployment"
@@ -548,6 +549,10 @@ class CloudRunTests(SynchronousTestCase):
         self.assertNotIn("PORT", env)  # Cloud Run sets it; setting it is an error there
         self.assertTrue(env["LITESTREAM_REPLICA_URL"].endswith("/keycast-signer/keycast.db"))
         check_daemon_env(self, env, "cloudrun/service.yaml")
+        # Cloud Run kills 10 s after SIGTERM: the drain and the relays' close frames must leave
+        # Litestream time for its last sync.
+        budget = float(env["KEYCAST_SHUTDOWN_TIMEOUT"]) + RelayOptions().close_timeout
+        self.assertLessEqual(budget, 8.0)
 
     def test_litestream_config(self) -> None:
         """litestream.yml replicates the daemon's database to the URL the service sets."""
