@@ -21,7 +21,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from tests.interop_harness import ClientRun, DaemonProcess, InteropFixture, RelayProcess
+from tests.interop_harness import (
+    DEFAULT_TIMEOUT,
+    ClientRun,
+    DaemonProcess,
+    InteropFixture,
+    RelayProcess,
+)
 from tests.test_interop_harness import verifies
 
 #: A peer whose private key the scenario clients hold, so that each round trip is checked
@@ -79,7 +85,7 @@ async def wait_activity(
 ) -> list[tuple[Any, ...]]:
     """Poll activity_log (written in batches) until ``count`` rows for ``method``; no more."""
     reactor = daemon.fixture.reactor
-    deadline = reactor.seconds() + 10
+    deadline = reactor.seconds() + DEFAULT_TIMEOUT
     while True:
         rows = activity(daemon, "SELECT outcome FROM activity_log WHERE method = ?", method)
         if len(rows) >= count or reactor.seconds() >= deadline:
@@ -274,6 +280,7 @@ class RelayOutageTests(DaemonCase):
         await daemon.wait_status(
             lambda s: s["relays_subscribed"] == 1 and s["relays"][0]["reconnects"] >= 1,
             "the relay reconnected and subscribed",
+            timeout=2 * DEFAULT_TIMEOUT,  # the reconnect backoff grew while the relay was down
         )
         # The session survives the outage: no connect this time.
         after = await self.fx.run_client(

@@ -270,7 +270,7 @@ class ClientTests(TestCase):
         # LocalRelay keeps no ephemeral events: subscribe before the client sends.
         await probe.subscribe("req", {"kinds": [24133], "#p": [self.bunker]})
         run = await self.fx.run_client(
-            client, self.uri(relay.url), [{"op": "connect"}], timeout_ms=1500
+            client, self.uri(relay.url), [{"op": "connect"}], timeout_ms=3000
         )
         self.check_timed_out(run)
         message = await probe.expect(lambda m: m[:2] == ["EVENT", "req"], timeout=5)
@@ -291,7 +291,7 @@ class ClientTests(TestCase):
         require_tool("node-clients")
         relay = await self.fx.nostr_relay()
         uri = self.uri(relay.url)
-        run = await self.fx.run_client("node", uri, [{"op": "connect"}], timeout_ms=1500)
+        run = await self.fx.run_client("node", uri, [{"op": "connect"}], timeout_ms=3000)
         self.check_timed_out(run)
         probe = await self.fx.probe(relay.url)
         stored = await probe.subscribe("late", {"kinds": [24133], "#p": [self.bunker]})
@@ -430,7 +430,7 @@ class CliTests(TestCase):
         bunker = uri[len("bunker://") :].split("?")[0]
         probe = await fx.probe(relay.url)
         await probe.subscribe("req", {"kinds": [24133], "#p": [bunker]})
-        run = await fx.run_client("node", uri, [{"op": "connect"}], timeout_ms=1000)
+        run = await fx.run_client("node", uri, [{"op": "connect"}], timeout_ms=3000)
         self.assertEqual(run.start["bunker_pubkey"], bunker)
         self.assertEqual(run.start["relays"], [relay.url])
         message = await probe.expect(lambda m: m[:2] == ["EVENT", "req"], timeout=5)
