@@ -74,8 +74,18 @@ export async function openNostrConnect (relays, { name, perms = [], waitMs, onUr
   const pool = new SimplePool()
   await Promise.all(relays.map(url => pool.ensureRelay(url)))
   const waiting = BunkerSigner.fromURI(secretKey, uri, { pool, onauth: () => {} }, waitMs)
-  // fromURI subscribes after one await on the (already open) relays.
-  await new Promise(resolve => setTimeout(resolve, 0))
+  // Hand out the URI only once the relays hold fromURI's subscription: LocalRelay keeps no
+  // kind 24133, so a response published before that REQ is live would be lost. A relay answers
+  // one connection's REQs in order, so the EOSE of this probe (same filter, sent after
+  // fromURI's) means that REQ is live.
+  await new Promise(resolve => {
+    const probe = pool.subscribe(relays, { kinds: [24133], '#p': [clientPubkey], limit: 0 }, {
+      oneose: () => {
+        probe.close()
+        resolve()
+      }
+    })
+  })
   onUri(uri, clientPubkey)
   let signer
   try {
