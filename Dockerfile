@@ -27,7 +27,8 @@ RUN apt-get update \
  && useradd --system --uid 10001 --gid keycast --home-dir /data --shell /usr/sbin/nologin keycast \
  && install -d -o keycast -g keycast -m 0700 /data /keys
 COPY --from=build /opt/keycast/venv /opt/keycast/venv
-COPY deployment/healthcheck.sh deployment/check-signer.sh deployment/backup-db.sh /usr/local/bin/
+COPY deployment/healthcheck.sh deployment/check-signer.sh deployment/health-endpoint.sh \
+     deployment/backup-db.sh /usr/local/bin/
 ENV PATH=/opt/keycast/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     DATABASE_PATH=/data/keycast.db \

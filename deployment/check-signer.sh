@@ -33,86 +33,9 @@
 #           || mail -s "Keycast signer alert" admin@example.com
 set -uo pipefail
 
-# endpoint_target ENDPOINT: where to dial a daemon whose --health / KEYCAST_HEALTH is ENDPOINT, a
-# Twisted server endpoint string, as `keycast check` does (target_from_endpoint in
-# keycast_tw/cli/daemon.py): tcp:PORT[:interface=ADDR] and tcp6:... give target_url
-# http://ADDR:PORT (no interface, 0.0.0.0 or :: mean loopback: 127.0.0.1, or ::1 for tcp6);
-# unix:PATH gives target_socket PATH and target_url http://localhost. Fields are split at colons
-# not escaped with a backslash ("\:" is a colon). Returns 1 for an endpoint it cannot dial (ssl:,
-# systemd:, a malformed one). The same function is in healthcheck.sh; tests/test_deployment.py checks
-# both against target_from_endpoint.
-endpoint_target() {
-    target_url=
-    target_socket=
-    rest=$1
-    kind=
-    kind_seen=
-    positional=
-    positional_seen=
-    interface=
-    last_field=
-    while [ -z "$last_field" ]; do
-        field=
-        while :; do
-            case $rest in
-                *:*)
-                    piece=${rest%%:*}
-                    rest=${rest#*:}
-                    case $piece in
-                        *\\) field=$field${piece%?}:; continue ;;
-                    esac
-                    field=$field$piece
-                    ;;
-                *)
-                    field=$field$rest
-                    last_field=1
-                    ;;
-            esac
-            break
-        done
-        if [ -z "$kind_seen" ]; then
-            kind=$field
-            kind_seen=1
-            continue
-        fi
-        case $field in
-            interface=*) interface=${field#interface=} ;;
-            *=*) ;;
-            *) if [ -z "$positional_seen" ]; then positional=$field; positional_seen=1; fi ;;
-        esac
-    done
-    case $kind in
-        unix)
-            [ -n "$positional" ] || return 1
-            target_socket=$positional
-            target_url=http://localhost
-            ;;
-        tcp|tcp6)
-            case $positional in
-                ''|*[!0-9]*) return 1 ;;
-            esac
-            while :; do
-                case $positional in
-                    0?*) positional=${positional#0} ;;
-                    *) break ;;
-                esac
-            done
-            case $interface in
-                '') if [ "$kind" = tcp6 ]; then interface=::1; else interface=127.0.0.1; fi ;;
-                0.0.0.0) interface=127.0.0.1 ;;
-                ::|::0) interface=::1 ;;
-            esac
-            case $interface in
-                *%*) interface=${interface%%[%]*}%25${interface#*[%]} ;;
-            esac
-            case $interface in
-                *:*) interface="[$interface]" ;;
-            esac
-            target_url=http://$interface:$positional
-            ;;
-        *) return 1 ;;
-    esac
-}
+# shellcheck source-path=SCRIPTDIR
+# shellcheck source=health-endpoint.sh
+. "$(dirname -- "$0")/health-endpoint.sh"
 
 base=${KEYCAST_URL:-}
 min_relays=${KEYCAST_CHECK_MIN_RELAYS:-2}

@@ -18,7 +18,8 @@
 #   /opt/keycast/master.key      USER:USER 0600   master key (read-only for the service)
 #   /opt/keycast/database        USER:USER 0700   keycast.db, WAL, .reload_signal (writable)
 #   /opt/keycast/backups         USER:USER 0700   backup-db.sh's output
-#   /opt/keycast/scripts         root:root 0755   healthcheck.sh, check-signer.sh, backup-db.sh
+#   /opt/keycast/scripts         root:root 0755   healthcheck.sh, check-signer.sh (+ the
+#                                                  health-endpoint.sh they source), backup-db.sh
 #   /var/log/keycast             USER:USER 0750   script logs (the daemon logs to journald)
 #   /etc/keycast/keycast.env     root:USER 0640   local settings read by the unit
 set -euo pipefail
@@ -108,6 +109,7 @@ fi
 install -o root -g root -m 0644 "$here/keycast-signer.service" \
     "$root/etc/systemd/system/keycast-signer.service"
 install -o root -g root -m 0755 "$here/healthcheck.sh" "$here/check-signer.sh" \
+    "$here/health-endpoint.sh" \
     "$here/backup-db.sh" "$opt/scripts/"
 if [ -f "$source_dir/docs/operations.md" ]; then
     install -o root -g root -m 0644 "$source_dir/docs/operations.md" "$opt/docs/"
