@@ -74,13 +74,7 @@ esac
 # Where the daemon is: --url / KEYCAST_URL, else what the daemon itself listens on.
 socket=
 if [ -z "$base" ]; then
-    if [ -n "${KEYCAST_HEALTH:-}" ]; then
-        origin=KEYCAST_HEALTH endpoint=$KEYCAST_HEALTH
-    elif [ -n "${PORT:-}" ]; then
-        origin=PORT endpoint=tcp:$PORT
-    else
-        origin=default endpoint=tcp:8080:interface=127.0.0.1
-    fi
+    daemon_endpoint
     if ! endpoint_target "$endpoint"; then
         echo "UNKNOWN: cannot dial the health endpoint '$endpoint' ($origin) from here;" \
             "give the daemon's URL with --url http://HOST:PORT"

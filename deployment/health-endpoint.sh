@@ -1,7 +1,7 @@
 #!/bin/sh
 # Sourced by healthcheck.sh and check-signer.sh (installed beside them): where the daemon's health
 # endpoint is. Running it on its own defines a function and does nothing else.
-# shellcheck disable=SC2034  # target_url and target_socket are this file's results
+# shellcheck disable=SC2034  # target_url, target_socket, endpoint, origin: its results
 
 # endpoint_target ENDPOINT: where to dial a daemon whose --health / KEYCAST_HEALTH is ENDPOINT, a
 # Twisted server endpoint string, as `keycast check` does (target_from_endpoint in
@@ -81,4 +81,17 @@ endpoint_target() {
             ;;
         *) return 1 ;;
     esac
+}
+
+# daemon_endpoint: the daemon's health endpoint as the daemon itself chooses it (KEYCAST_HEALTH,
+# else PORT on every interface, else the default), in $endpoint, and which setting gave it in
+# $origin, for messages.
+daemon_endpoint() {
+    if [ -n "${KEYCAST_HEALTH:-}" ]; then
+        origin=KEYCAST_HEALTH endpoint=$KEYCAST_HEALTH
+    elif [ -n "${PORT:-}" ]; then
+        origin=PORT endpoint=tcp:$PORT
+    else
+        origin=default endpoint=tcp:8080:interface=127.0.0.1
+    fi
 }

@@ -36,13 +36,7 @@ if [ -n "${KEYCAST_HEALTH_URL:-}" ]; then
     url=$KEYCAST_HEALTH_URL
     where=$url
 else
-    if [ -n "${KEYCAST_HEALTH:-}" ]; then
-        origin=KEYCAST_HEALTH endpoint=$KEYCAST_HEALTH
-    elif [ -n "${PORT:-}" ]; then
-        origin=PORT endpoint=tcp:$PORT
-    else
-        origin=default endpoint=tcp:8080:interface=127.0.0.1
-    fi
+    daemon_endpoint
     if ! endpoint_target "$endpoint"; then
         echo "unhealthy: cannot probe the health endpoint '$endpoint' ($origin) from here;" \
             "set KEYCAST_HEALTH_URL to its http:// URL" >&2

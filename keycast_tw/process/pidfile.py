@@ -65,8 +65,7 @@ def clean_stale_pidfile(
     if not path:
         return False
     try:
-        with open(path, encoding="ascii", errors="replace") as handle:
-            content = handle.read(64).strip()
+        content = _read(path)
     except FileNotFoundError:
         return False
     except OSError as error:
@@ -93,11 +92,16 @@ def pidfile_holder(path: str | None) -> int | None:
     if not path:
         return None
     try:
-        with open(path, encoding="ascii", errors="replace") as handle:
-            content = handle.read(64).strip()
+        content = _read(path)
     except OSError:
         return None
     return int(content) if content.isdigit() else None
+
+
+def _read(path: str) -> str:
+    """What a pidfile holds (its first 64 characters, stripped); OSError as ``open`` raises."""
+    with open(path, encoding="ascii", errors="replace") as handle:
+        return handle.read(64).strip()
 
 
 def _stale_reason(
